@@ -1,0 +1,466 @@
+//! A pre-allocated single-producer, multi-consumer ring in the style of the LMAX Disruptor.
+//!
+//! The algorithm is the Disruptor's (M. Thompson, D. Farley, M. Barker, P. Gee, A. Stewart,
+//! "Disruptor: High performance alternative to bounded queues for exchanging data between
+//! concurrent threads", LMAX, 2011): a power-of-two array of slots allocated once, a producer
+//! *cursor* holding the highest published sequence, and one *gating sequence* per consumer holding
+//! the highest sequence it has finished with. Every consumer sees every event (the Disruptor's
+//! parallel handlers; a consumer skips the events of other shards), reads all that is available
+//! in one batch, then publishes its progress once. The producer claims slots only when every
+//! consumer has passed them, so nothing is ever overwritten: a full ring makes the producer wait
+//! (backpressure, never loss). Counters sit on their own cache lines to avoid false sharing.
+//!
+//! Wait strategies, as in the Disruptor: busy-spin (lowest latency, burns a core), yielding
+//! (spins briefly, then yields the thread: the default, as in the seed configuration) and blocking
+//! (consumers sleep on a condition variable that the producer signals only when someone sleeps).
+//!
+//! Shutdown: dropping the [`Producer`] closes the ring; consumers drain every published event and
+//! then get [`RingClosed`]. Dropping a [`Consumer`] abandons the ring; the producer gets
+//! [`RingClosed`] as soon as it would have to wait for the missing consumer.
+//!
+//! This module holds the only `unsafe` code of the workspace: the slot accesses, whose exclusion
+//! is guaranteed by the sequence protocol above. It is model-checked with loom (`tests/loom_ring.rs`).
+#![allow(unsafe_code)]
+
+mod sync;
+
+use std::fmt;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use crossbeam_utils::CachePadded;
+
+use self::sync::{spin_hint, yield_now, Arc, AtomicBool, AtomicI64, Condvar, Mutex, UnsafeCell};
+
+/// How a thread waits for the ring.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum WaitStrategy {
+    /// Spin on the counter: lowest latency, one core per waiting thread.
+    BusySpin,
+    /// Spin a little, then yield the thread.
+    #[default]
+    Yielding,
+    /// Consumers sleep until the producer publishes; the producer yields while the ring is full.
+    Blocking,
+}
+
+/// The other side of the ring is gone: the producer closed it (consumer side, after every
+/// published event was handed out) or a consumer abandoned it (producer side).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("the ring is closed")]
+pub struct RingClosed;
+
+/// Why a ring could not be built.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("ring capacity {0} is not a power of two of at least 2")]
+    Capacity(usize),
+    #[error("a ring needs at least one consumer")]
+    NoConsumers,
+}
+
+/// Spins before yielding under [`WaitStrategy::Yielding`].
+const SPIN_TRIES: u32 = 100;
+
+struct Shared<T> {
+    slots: Box<[UnsafeCell<T>]>,
+    mask: i64,
+    /// Highest published sequence; -1 before the first.
+    cursor: CachePadded<AtomicI64>,
+    /// Per consumer: the highest sequence it has finished with.
+    gates: Box<[CachePadded<AtomicI64>]>,
+    closed: CachePadded<AtomicBool>,
+    abandoned: CachePadded<AtomicBool>,
+    wait: WaitStrategy,
+    /// Blocking strategy only: set by a consumer about to sleep.
+    sleeping: CachePadded<AtomicBool>,
+    lock: Mutex<()>,
+    wakeup: Condvar,
+}
+
+// SAFETY: the slots are shared between the producer thread (writes) and the consumer threads
+// (shared reads); the sequence protocol guarantees that a slot is never written while it is read.
+// Writing moves `T` values across threads (`T: Send`) and consumers read them concurrently
+// through shared references (`T: Sync`).
+unsafe impl<T: Send + Sync> Sync for Shared<T> {}
+// SAFETY: as above; the ring owns its `T`s and may drop them on any thread.
+unsafe impl<T: Send> Send for Shared<T> {}
+
+impl<T> Shared<T> {
+    fn min_gate(&self) -> i64 {
+        self.gates.iter().map(|g| g.load(Acquire)).min().unwrap_or(i64::MAX)
+    }
+
+    fn capacity(&self) -> i64 {
+        self.mask + 1
+    }
+
+    fn slot(&self, sequence: i64) -> &UnsafeCell<T> {
+        // `sequence & mask` is in 0..capacity because the mask is capacity - 1.
+        &self.slots[(sequence & self.mask) as usize]
+    }
+
+    fn wake_sleepers(&self) {
+        if self.sleeping.swap(false, SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wakeup.notify_all();
+        }
+    }
+}
+
+/// Builds a ring of `capacity` slots (a power of two), each made by `init`, for `consumers` consumers.
+pub fn ring<T: Send + Sync>(
+    capacity: usize,
+    consumers: usize,
+    wait: WaitStrategy,
+    mut init: impl FnMut() -> T,
+) -> Result<(Producer<T>, Vec<Consumer<T>>), RingError> {
+    if capacity < 2 || !capacity.is_power_of_two() || i64::try_from(capacity).is_err() {
+        return Err(RingError::Capacity(capacity));
+    }
+    if consumers == 0 {
+        return Err(RingError::NoConsumers);
+    }
+    let shared = Arc::new(Shared {
+        slots: (0..capacity).map(|_| UnsafeCell::new(init())).collect(),
+        mask: capacity as i64 - 1,
+        cursor: CachePadded::new(AtomicI64::new(-1)),
+        gates: (0..consumers).map(|_| CachePadded::new(AtomicI64::new(-1))).collect(),
+        closed: CachePadded::new(AtomicBool::new(false)),
+        abandoned: CachePadded::new(AtomicBool::new(false)),
+        wait,
+        sleeping: CachePadded::new(AtomicBool::new(false)),
+        lock: Mutex::new(()),
+        wakeup: Condvar::new(),
+    });
+    let consumers = (0..consumers).map(|index| Consumer { shared: shared.clone(), index, next: 0 }).collect();
+    Ok((Producer { shared, next: 0, clear_up_to: -1 }, consumers))
+}
+
+/// The single publishing side of a ring.
+pub struct Producer<T> {
+    shared: Arc<Shared<T>>,
+    /// The next sequence to publish.
+    next: i64,
+    /// Highest sequence known to be free of consumers, cached to avoid reading every gate.
+    clear_up_to: i64,
+}
+
+impl<T> Producer<T> {
+    /// Publishes one event, written in place into a pre-allocated slot; waits while the ring is full.
+    #[inline]
+    pub fn publish(&mut self, write: impl FnOnce(&mut T)) -> Result<(), RingClosed> {
+        let mut write = Some(write);
+        self.publish_batch(1, |_, slot| {
+            if let Some(w) = write.take() {
+                w(slot);
+            }
+        })
+    }
+
+    /// Publishes `count` events made visible together; `write(i, slot)` fills the `i`-th.
+    /// Batches larger than the ring are published in ring-sized parts.
+    pub fn publish_batch(&mut self, count: usize, mut write: impl FnMut(usize, &mut T)) -> Result<(), RingClosed> {
+        let capacity = self.shared.capacity();
+        let mut done = 0usize;
+        while done < count {
+            let n = i64::try_from(count - done).unwrap_or(i64::MAX).min(capacity);
+            let last = self.next + n - 1;
+            self.wait_for_space(last)?;
+            for (i, sequence) in (self.next..=last).enumerate() {
+                self.shared.slot(sequence).with_mut(|slot| {
+                    // SAFETY: every consumer's gate is at least `last - capacity` (checked by
+                    // `wait_for_space`, with Acquire loads that pair with the consumers' Release
+                    // stores), so no consumer reads this slot any more; and no consumer reads
+                    // `sequence` before the Release store of the cursor below. The producer is
+                    // unique (`&mut self`), so this is the only reference to the slot.
+                    write(done + i, unsafe { &mut *slot })
+                });
+            }
+            self.publish_through(last);
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    fn publish_through(&mut self, last: i64) {
+        if self.shared.wait == WaitStrategy::Blocking {
+            self.shared.cursor.store(last, SeqCst);
+            self.shared.wake_sleepers();
+        } else {
+            self.shared.cursor.store(last, Release);
+        }
+        self.next = last + 1;
+    }
+
+    fn wait_for_space(&mut self, last: i64) -> Result<(), RingClosed> {
+        let wrap = last - self.shared.capacity();
+        if self.clear_up_to >= wrap {
+            return Ok(());
+        }
+        let mut tries = 0u32;
+        loop {
+            let min = self.shared.min_gate();
+            self.clear_up_to = min;
+            if min >= wrap {
+                return Ok(());
+            }
+            if self.shared.abandoned.load(Acquire) {
+                return Err(RingClosed);
+            }
+            match self.shared.wait {
+                WaitStrategy::BusySpin => spin_hint(),
+                WaitStrategy::Yielding | WaitStrategy::Blocking if tries < SPIN_TRIES => {
+                    tries += 1;
+                    spin_hint();
+                }
+                _ => yield_now(),
+            }
+        }
+    }
+
+    /// Events published and not yet handled by the slowest consumer.
+    pub fn occupancy(&self) -> usize {
+        occupancy(&self.shared)
+    }
+
+    /// A handle that reads the occupancy from any thread, for metrics.
+    pub fn gauge(&self) -> RingGauge<T> {
+        RingGauge { shared: self.shared.clone() }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+}
+
+fn occupancy<T>(shared: &Shared<T>) -> usize {
+    let published = shared.cursor.load(Acquire);
+    usize::try_from(published - shared.min_gate().min(published)).unwrap_or(0)
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, SeqCst);
+        let _guard = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.wakeup.notify_all();
+    }
+}
+
+impl<T> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").field("next", &self.next).field("capacity", &self.shared.slots.len()).finish()
+    }
+}
+
+/// One consuming side of a ring; every consumer sees every event.
+pub struct Consumer<T> {
+    shared: Arc<Shared<T>>,
+    index: usize,
+    /// The next sequence to handle.
+    next: i64,
+}
+
+impl<T> Consumer<T> {
+    /// Waits for at least one event, then hands every available event to `handle` in order, and
+    /// returns how many. Returns [`RingClosed`] once the producer is gone and everything is handled.
+    pub fn poll(&mut self, handle: impl FnMut(&T)) -> Result<usize, RingClosed> {
+        let available = self.wait_for(self.next)?;
+        Ok(self.handle_through(available, handle))
+    }
+
+    /// Like [`Consumer::poll`], but returns `Ok(0)` at once when nothing is available.
+    pub fn try_poll(&mut self, handle: impl FnMut(&T)) -> Result<usize, RingClosed> {
+        let available = self.shared.cursor.load(Acquire);
+        if available < self.next {
+            return if self.shared.closed.load(Acquire) && self.shared.cursor.load(Acquire) < self.next { Err(RingClosed) } else { Ok(0) };
+        }
+        Ok(self.handle_through(available, handle))
+    }
+
+    fn handle_through(&mut self, available: i64, mut handle: impl FnMut(&T)) -> usize {
+        for sequence in self.next..=available {
+            self.shared.slot(sequence).with(|slot| {
+                // SAFETY: `sequence <= cursor` (Acquire load pairing with the producer's Release
+                // store after writing), and the producer does not write this slot again until this
+                // consumer's gate passes `sequence`, which happens only after this loop.
+                handle(unsafe { &*slot })
+            });
+        }
+        self.shared.gates[self.index].store(available, Release);
+        let handled = available - self.next + 1;
+        self.next = available + 1;
+        handled as usize
+    }
+
+    fn wait_for(&self, sequence: i64) -> Result<i64, RingClosed> {
+        let shared = &*self.shared;
+        let mut tries = 0u32;
+        loop {
+            let available = shared.cursor.load(Acquire);
+            if available >= sequence {
+                return Ok(available);
+            }
+            if shared.closed.load(Acquire) {
+                // The cursor was stored before `closed`: look once more, then give up.
+                let available = shared.cursor.load(Acquire);
+                return if available >= sequence { Ok(available) } else { Err(RingClosed) };
+            }
+            match shared.wait {
+                WaitStrategy::BusySpin => spin_hint(),
+                _ if tries < SPIN_TRIES => {
+                    tries += 1;
+                    spin_hint();
+                }
+                WaitStrategy::Yielding => yield_now(),
+                WaitStrategy::Blocking => {
+                    let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    shared.sleeping.store(true, SeqCst);
+                    // Re-check under the lock: the producer either sees `sleeping` and notifies
+                    // after we wait, or published before we set it and we see its cursor here.
+                    if shared.cursor.load(SeqCst) < sequence && !shared.closed.load(SeqCst) {
+                        drop(shared.wakeup.wait(guard).unwrap_or_else(|e| e.into_inner()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events published and not yet handled by this consumer.
+    pub fn lag(&self) -> usize {
+        usize::try_from(self.shared.cursor.load(Relaxed) - self.next + 1).unwrap_or(0)
+    }
+
+    /// Which consumer of the ring this is, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        self.shared.abandoned.store(true, Release);
+    }
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").field("index", &self.index).field("next", &self.next).finish()
+    }
+}
+
+/// Reads a ring's occupancy from any thread.
+pub struct RingGauge<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> RingGauge<T> {
+    pub fn occupancy(&self) -> usize {
+        occupancy(&self.shared)
+    }
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+}
+
+impl<T> Clone for RingGauge<T> {
+    fn clone(&self) -> Self {
+        RingGauge { shared: self.shared.clone() }
+    }
+}
+
+impl<T> fmt::Debug for RingGauge<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingGauge").field("occupancy", &self.occupancy()).field("capacity", &self.capacity()).finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn refuses_bad_shapes() {
+        assert_eq!(ring(3, 1, WaitStrategy::Yielding, || 0u64).unwrap_err(), RingError::Capacity(3));
+        assert_eq!(ring(1, 1, WaitStrategy::Yielding, || 0u64).unwrap_err(), RingError::Capacity(1));
+        assert_eq!(ring(4, 0, WaitStrategy::Yielding, || 0u64).unwrap_err(), RingError::NoConsumers);
+    }
+
+    fn run(wait: WaitStrategy, consumers: usize, capacity: usize, total: u64, batch: usize) {
+        let (mut producer, consumers) = ring(capacity, consumers, wait, || 0u64).unwrap();
+        let handles: Vec<_> = consumers
+            .into_iter()
+            .map(|mut c| {
+                thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while c.poll(|v| seen.push(*v)).is_ok() {}
+                    seen
+                })
+            })
+            .collect();
+        let mut next = 0u64;
+        while next < total {
+            let n = batch.min((total - next) as usize);
+            producer.publish_batch(n, |i, slot| *slot = next + i as u64).unwrap();
+            next += n as u64;
+        }
+        drop(producer);
+        for h in handles {
+            let seen = h.join().unwrap();
+            assert_eq!(seen, (0..total).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn every_consumer_sees_every_event_in_order() {
+        for wait in [WaitStrategy::BusySpin, WaitStrategy::Yielding, WaitStrategy::Blocking] {
+            run(wait, 1, 8, 10_000, 1);
+            run(wait, 3, 16, 10_000, 7);
+            run(wait, 2, 4, 5_000, 100); // batches larger than the ring
+        }
+    }
+
+    #[test]
+    fn full_ring_makes_the_producer_wait_and_loses_nothing() {
+        let (mut producer, mut consumers) = ring(4, 1, WaitStrategy::Yielding, || 0u32).unwrap();
+        for i in 0..4 {
+            producer.publish(|s| *s = i).unwrap();
+        }
+        assert_eq!(producer.occupancy(), 4);
+        let mut consumer = consumers.pop().unwrap();
+        let t = thread::spawn(move || {
+            producer.publish(|s| *s = 4).unwrap(); // blocks until the consumer frees a slot
+            producer.occupancy()
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            consumer.poll(|v| seen.push(*v)).unwrap();
+        }
+        assert_eq!(t.join().unwrap() <= 4, true);
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(consumer.poll(|_| {}), Err(RingClosed));
+    }
+
+    #[test]
+    fn abandoned_ring_stops_the_producer_instead_of_hanging() {
+        let (mut producer, consumers) = ring(2, 2, WaitStrategy::Yielding, || 0u8).unwrap();
+        drop(consumers);
+        producer.publish(|_| {}).unwrap();
+        producer.publish(|_| {}).unwrap();
+        assert_eq!(producer.publish(|_| {}), Err(RingClosed));
+    }
+
+    #[test]
+    fn try_poll_does_not_wait() {
+        let (mut producer, mut consumers) = ring(4, 1, WaitStrategy::Blocking, || 0u8).unwrap();
+        let gauge = producer.gauge();
+        assert_eq!(consumers[0].try_poll(|_| {}), Ok(0));
+        producer.publish(|s| *s = 9).unwrap();
+        assert_eq!((gauge.occupancy(), gauge.capacity(), consumers[0].lag()), (1, 4, 1));
+        let mut got = 0;
+        assert_eq!(consumers[0].try_poll(|v| got = *v), Ok(1));
+        assert_eq!((got, gauge.occupancy()), (9, 0));
+        drop(producer);
+        assert_eq!(consumers[0].try_poll(|_| {}), Err(RingClosed));
+    }
+}
