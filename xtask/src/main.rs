@@ -1,1 +1,29 @@
-fn main() {}
+//! Repository chores, run as `cargo xtask <command>`: `ci` (what `.ci/run` runs) and `bench`
+//! (writes `docs/BENCHMARKS.md`).
+
+mod bench;
+mod ci;
+mod util;
+
+use anyhow::{bail, Result};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+Commands:
+  ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
+  bench   run the benchmarks and write docs/BENCHMARKS.md
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run_ci(),
+        Some("bench") => bench::run_bench(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{HELP}"),
+    }
+}

@@ -123,7 +123,9 @@ impl Candle {
         if nonneg.iter().any(|d| d.is_negative()) {
             return Err(Invalid("volumes must not be negative"));
         }
-        if p.taker_buy_volume.cmp_value(&p.volume) == Ordering::Greater || p.taker_buy_quote_volume.cmp_value(&p.quote_volume) == Ordering::Greater {
+        if p.taker_buy_volume.cmp_value(&p.volume) == Ordering::Greater
+            || p.taker_buy_quote_volume.cmp_value(&p.quote_volume) == Ordering::Greater
+        {
             return Err(Invalid("taker-buy volume exceeds volume"));
         }
         let lo = p.low.cmp_value(&p.open).min(p.low.cmp_value(&p.close));
@@ -406,7 +408,10 @@ mod tests {
         assert_eq!(c.close_time().as_micros(), 119_999_000);
         assert_eq!((c.open(), c.high(), c.low(), c.close()), (d("100"), d("101.5"), d("99.25"), d("100.75")));
         assert_eq!(c.volume(), d("3.75"));
-        assert_eq!(c.quote_volume(), d("100") .checked_add(d("50.75")).unwrap().checked_add(d("198.50")).unwrap().checked_add(d("25.1875")).unwrap());
+        assert_eq!(
+            c.quote_volume(),
+            d("100").checked_add(d("50.75")).unwrap().checked_add(d("198.50")).unwrap().checked_add(d("25.1875")).unwrap()
+        );
         assert_eq!(c.quote_volume().to_string(), "374.4375");
         assert_eq!(c.taker_buy_volume(), d("0.75"));
         assert_eq!(c.taker_buy_quote_volume().to_string(), "75.9375");
@@ -433,7 +438,9 @@ mod tests {
         let before = c.clone();
         let err = c.apply(&trade(2, 60_000_000, "1", "1", TakerSide::Buy)).unwrap_err();
         assert!(matches!(err, CandleError::OutsideBucket { .. }), "{err}");
-        let other = Trade::new(Instrument::new("KRAKEN:BTC-USD").unwrap(), 3, d("1"), d("1"), TakerSide::Buy, Timestamp::MIN, Timestamp::MIN).unwrap();
+        let other =
+            Trade::new(Instrument::new("KRAKEN:BTC-USD").unwrap(), 3, d("1"), d("1"), TakerSide::Buy, Timestamp::MIN, Timestamp::MIN)
+                .unwrap();
         assert!(matches!(c.apply(&other), Err(CandleError::InstrumentMismatch { .. })));
         let huge = trade(4, 1, "999999999999999999", "999999999999999999", TakerSide::Buy);
         for _ in 0..200 {

@@ -297,16 +297,11 @@ impl FromStr for Decimal {
         let mut scale = i64::try_from(frac.len()).map_err(|_| syntax())? - i64::from(exponent);
         if scale < 0 {
             let up = usize::try_from(-scale).map_err(|_| DecimalError::TooManyDigits(s.to_owned()))?;
-            coefficient = POW10
-                .get(up)
-                .and_then(|p| coefficient.checked_mul(*p))
-                .ok_or_else(|| DecimalError::TooManyDigits(s.to_owned()))?;
+            coefficient =
+                POW10.get(up).and_then(|p| coefficient.checked_mul(*p)).ok_or_else(|| DecimalError::TooManyDigits(s.to_owned()))?;
             scale = 0;
         }
-        let scale = u8::try_from(scale)
-            .ok()
-            .filter(|s| *s <= MAX_SCALE)
-            .ok_or_else(|| DecimalError::ScaleTooLarge(s.to_owned()))?;
+        let scale = u8::try_from(scale).ok().filter(|s| *s <= MAX_SCALE).ok_or_else(|| DecimalError::ScaleTooLarge(s.to_owned()))?;
         Ok(Decimal { coefficient: if negative { -coefficient } else { coefficient }, scale })
     }
 }

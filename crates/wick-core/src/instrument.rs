@@ -30,7 +30,8 @@ impl Instrument {
         }
         let colon = name.find(':').ok_or_else(|| err("no ':' after the exchange"))?;
         let dash = name[colon..].find('-').map(|d| d + colon).ok_or_else(|| err("no '-' between base and quote"))?;
-        let part_ok = |p: &str, extra: &[u8]| !p.is_empty() && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || extra.contains(&b));
+        let part_ok =
+            |p: &str, extra: &[u8]| !p.is_empty() && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || extra.contains(&b));
         if !part_ok(&name[..colon], b"_") {
             return Err(err("the exchange must be upper-case letters, digits or '_'"));
         }

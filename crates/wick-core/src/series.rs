@@ -72,11 +72,7 @@ impl CandleSeries {
             return Err(SeriesError::NoIntervals);
         }
         // The base: the largest interval dividing every configured one (`1s` always does).
-        let base = Interval::ALL
-            .into_iter()
-            .rev()
-            .find(|b| configured.iter().all(|i| i.is_multiple_of(*b)))
-            .unwrap_or(Interval::S1);
+        let base = Interval::ALL.into_iter().rev().find(|b| configured.iter().all(|i| i.is_multiple_of(*b))).unwrap_or(Interval::S1);
         let mut all = configured.clone();
         if !all.contains(&base) {
             all.insert(0, base);
@@ -221,7 +217,8 @@ mod tests {
 
     fn trade(id: u64, secs: i64, price: &str) -> Trade {
         let t = Timestamp::from_micros(secs * 1_000_000).unwrap();
-        Trade::new(Instrument::new("BINANCE:BTC-USDT").unwrap(), id, price.parse().unwrap(), "1".parse().unwrap(), TakerSide::Buy, t, t).unwrap()
+        Trade::new(Instrument::new("BINANCE:BTC-USDT").unwrap(), id, price.parse().unwrap(), "1".parse().unwrap(), TakerSide::Buy, t, t)
+            .unwrap()
     }
 
     fn at(secs: i64) -> Timestamp {
@@ -258,17 +255,20 @@ mod tests {
         }
         let mut finals = Vec::new();
         s.advance(at(120), &mut |c| finals.push(c)).unwrap();
-        assert_eq!(finals.iter().map(|c| (c.interval(), c.open_time(), c.trade_count())).collect::<Vec<_>>(), vec![
-            (Interval::M1, at(0), 1),
-            (Interval::M1, at(60), 2),
-        ]);
+        assert_eq!(
+            finals.iter().map(|c| (c.interval(), c.open_time(), c.trade_count())).collect::<Vec<_>>(),
+            vec![(Interval::M1, at(0), 1), (Interval::M1, at(60), 2),]
+        );
         assert!(finals.iter().all(Candle::is_closed));
         assert_eq!(s.apply(&trade(6, 119, "1")).unwrap(), Applied::Late);
 
         let mut open = Vec::new();
         s.in_progress(&mut open).unwrap();
         let five = open.iter().find(|c| c.interval() == Interval::M5 && c.open_time() == at(0)).unwrap();
-        assert_eq!((five.trade_count(), five.open().to_string(), five.close().to_string(), five.high().to_string()), (4, "5".into(), "4".into(), "7".into()));
+        assert_eq!(
+            (five.trade_count(), five.open().to_string(), five.close().to_string(), five.high().to_string()),
+            (4, "5".into(), "4".into(), "7".into())
+        );
         assert!(open.iter().all(|c| !c.is_closed()));
 
         finals.clear();

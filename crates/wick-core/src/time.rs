@@ -132,14 +132,7 @@ impl fmt::Display for Timestamp {
         let rest = self.0.rem_euclid(MICROS_PER_DAY);
         let (y, m, d) = civil_from_days(days);
         let secs = rest / MICROS_PER_SECOND;
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            rest % MICROS_PER_SECOND
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", secs / 3600, secs / 60 % 60, secs % 60, rest % MICROS_PER_SECOND)
     }
 }
 
