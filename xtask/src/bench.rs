@@ -69,6 +69,7 @@ fn aggregate_section(md: &mut String, criterion: &Path) -> Result<()> {
     let ns = |name: &str| median_ns(criterion, &format!("aggregate/{name}"));
     let (baseline, one, all) = (ns("trade_aggregation_1m")?, ns("wick_1m")?, ns("wick_all_16")?);
     let (scaled, rust_decimal) = (ns("fold_scaled_i128")?, ns("fold_rust_decimal")?);
+    let (scan, scan_baseline) = (ns("scan_trades")?, ns("scan_baseline_trades")?);
     let allocs: Value = serde_json::from_str(&fs::read_to_string(root().join("target/wick-bench/allocations.json"))?)?;
     let (allocations, counted) = (allocs["allocations"].as_f64().unwrap_or(f64::NAN), allocs["trades"].as_f64().unwrap_or(f64::NAN));
 
@@ -85,6 +86,8 @@ fn aggregate_section(md: &mut String, criterion: &Path) -> Result<()> {
     row(md, "`trade_aggregation` 13, 1m candles (f64; OHLC, volume, count, buy volume, VWAP)", baseline, "baseline")?;
     row(md, "Wick, 1m candles (exact decimals, every field)", one, &format!("**{:.2}x faster** than `trade_aggregation`", baseline / one))?;
     row(md, "Wick, all 16 intervals at once", all, &format!("**{:.2}x** the cost of one interval", all / one))?;
+    row(md, "floor: read every `trade_aggregation` trade once (24 B each)", scan_baseline, "")?;
+    row(md, "floor: read every Wick trade once (72 B each)", scan, &format!("{:.0}% of Wick's 1m time", 100.0 * scan / one))?;
     writeln!(md)?;
     writeln!(
         md,

@@ -190,6 +190,18 @@ fn main() {
             aggregate_all_trades(black_box(&baseline), &mut aggregator).len()
         })
     });
+    // The floor: only reading every trade's fields once, no aggregation. Shows how much of the
+    // cost is streaming 1M trades of Wick's model through memory.
+    group.bench_function("scan_trades", |b| {
+        b.iter(|| {
+            black_box(&trades).iter().fold(0i128, |acc, t| {
+                acc.wrapping_add(t.price().coefficient() ^ t.quantity().coefficient()).wrapping_add(i128::from(t.event_time().as_micros()))
+            })
+        })
+    });
+    group.bench_function("scan_baseline_trades", |b| {
+        b.iter(|| black_box(&baseline).iter().fold(0f64, |acc, t| acc + t.price * t.size + t.timestamp as f64))
+    });
     group.bench_function("wick_1m", |b| b.iter(|| wick(black_box(&trades), &[Interval::M1])));
     group.bench_function("wick_all_16", |b| b.iter(|| wick(black_box(&trades), &Interval::ALL)));
     group.bench_function("fold_scaled_i128", |b| b.iter(|| fold_scaled(black_box(&prices), black_box(&quantities))));

@@ -208,30 +208,38 @@ impl Candle {
     }
 
     /// Adds a trade known to belong here. On error the candle is unchanged.
+    ///
+    /// Works on raw (coefficient, scale) parts so that everything stays in registers; see
+    /// [`Decimal::add_parts`].
     #[inline]
-    fn accumulate(&mut self, trade: &Trade) -> Result<(), CandleError> {
-        let price = trade.price();
-        let quantity = trade.quantity();
-        let quote = price.checked_mul(quantity).ok_or(CandleError::Overflow("price x quantity"))?;
-        let volume = self.volume.checked_add(quantity).ok_or(CandleError::Overflow("volume"))?;
-        let quote_volume = self.quote_volume.checked_add(quote).ok_or(CandleError::Overflow("quote volume"))?;
+    pub(crate) fn accumulate(&mut self, trade: &Trade) -> Result<(), CandleError> {
+        let (pc, ps, qc, qs) = trade.raw_parts();
+        let (pc, qc) = (i128::from(pc), i128::from(qc));
+        // Validated trades hold at most 18 digits each: the product cannot overflow.
+        let (quote, quote_scale) = (pc * qc, ps + qs);
+        let add = |acc: Decimal, c: i128, s: u8, what| {
+            Decimal::add_parts(acc.coefficient(), acc.scale(), c, s).ok_or(CandleError::Overflow(what))
+        };
+        let volume = add(self.volume, qc, qs, "volume")?;
+        let quote_volume = add(self.quote_volume, quote, quote_scale, "quote volume")?;
         if trade.side() == TakerSide::Buy {
-            let tbv = self.taker_buy_volume.checked_add(quantity).ok_or(CandleError::Overflow("taker-buy volume"))?;
-            let tbq = self.taker_buy_quote_volume.checked_add(quote).ok_or(CandleError::Overflow("taker-buy quote volume"))?;
-            self.taker_buy_volume = tbv;
-            self.taker_buy_quote_volume = tbq;
+            let tbv = add(self.taker_buy_volume, qc, qs, "taker-buy volume")?;
+            let tbq = add(self.taker_buy_quote_volume, quote, quote_scale, "taker-buy quote volume")?;
+            self.taker_buy_volume = Decimal::from_parts_unchecked(tbv.0, tbv.1);
+            self.taker_buy_quote_volume = Decimal::from_parts_unchecked(tbq.0, tbq.1);
         }
-        self.volume = volume;
-        self.quote_volume = quote_volume;
+        self.volume = Decimal::from_parts_unchecked(volume.0, volume.1);
+        self.quote_volume = Decimal::from_parts_unchecked(quote_volume.0, quote_volume.1);
+        let price = Decimal::from_parts_unchecked(pc, ps);
         let key = trade.key();
         if self.trade_count == 0 {
             (self.open, self.high, self.low, self.close) = (price, price, price, price);
             (self.first, self.last) = (key, key);
         } else {
-            if price > self.high {
+            if Decimal::cmp_parts(pc, ps, self.high.coefficient(), self.high.scale()) == Ordering::Greater {
                 self.high = price;
             }
-            if price < self.low {
+            if Decimal::cmp_parts(pc, ps, self.low.coefficient(), self.low.scale()) == Ordering::Less {
                 self.low = price;
             }
             if key < self.first {

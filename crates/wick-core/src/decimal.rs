@@ -33,7 +33,10 @@ fn pow10_u128(n: u32) -> Option<u128> {
 /// values is the same whatever the order of the inputs. Use [`Decimal::cmp_value`] to compare values.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Decimal {
-    coefficient: i128,
+    // The coefficient is kept as two 64-bit halves: an `i128` field would align the struct to 16
+    // bytes and pad it to 32, and candles and trades are memory-bound (see docs/BENCHMARKS.md).
+    lo: u64,
+    hi: i64,
     scale: u8,
 }
 
@@ -51,19 +54,37 @@ pub enum DecimalError {
 }
 
 impl Decimal {
-    pub const ZERO: Decimal = Decimal { coefficient: 0, scale: 0 };
+    pub const ZERO: Decimal = Decimal { lo: 0, hi: 0, scale: 0 };
+
+    #[inline(always)]
+    const fn raw(coefficient: i128, scale: u8) -> Decimal {
+        Decimal { lo: coefficient as u64, hi: (coefficient >> 64) as i64, scale }
+    }
 
     /// `coefficient * 10^-scale`; `None` when `scale > MAX_SCALE`.
     pub const fn new(coefficient: i128, scale: u8) -> Option<Decimal> {
         if scale > MAX_SCALE {
             None
         } else {
-            Some(Decimal { coefficient, scale })
+            Some(Decimal::raw(coefficient, scale))
         }
     }
 
+    /// From parts produced by exact arithmetic on valid decimals (scale within range).
+    #[inline(always)]
+    pub(crate) const fn from_parts_unchecked(coefficient: i128, scale: u8) -> Decimal {
+        Decimal::raw(coefficient, scale)
+    }
+
+    /// From parts already checked by a constructor (`scale <= MAX_SCALE`).
+    #[inline(always)]
+    pub(crate) const fn from_validated(coefficient: i64, scale: u8) -> Decimal {
+        Decimal::raw(coefficient as i128, scale)
+    }
+
+    #[inline(always)]
     pub const fn coefficient(self) -> i128 {
-        self.coefficient
+        ((self.hi as i128) << 64) | self.lo as i128
     }
 
     pub const fn scale(self) -> u8 {
@@ -71,15 +92,15 @@ impl Decimal {
     }
 
     pub const fn is_zero(self) -> bool {
-        self.coefficient == 0
+        self.coefficient() == 0
     }
 
     pub const fn is_positive(self) -> bool {
-        self.coefficient > 0
+        self.coefficient() > 0
     }
 
     pub const fn is_negative(self) -> bool {
-        self.coefficient < 0
+        self.coefficient() < 0
     }
 
     /// The same value at a larger scale; `None` when it would overflow or `scale` is smaller.
@@ -87,28 +108,47 @@ impl Decimal {
         if scale < self.scale || scale > MAX_SCALE {
             return None;
         }
-        let coefficient = self.coefficient.checked_mul(POW10[usize::from(scale - self.scale)])?;
-        Some(Decimal { coefficient, scale })
+        let coefficient = self.coefficient().checked_mul(POW10[usize::from(scale - self.scale)])?;
+        Some(Decimal::raw(coefficient, scale))
     }
 
     /// The same value with trailing zeros after the point removed.
     pub fn normalized(self) -> Decimal {
-        let mut d = self;
-        if d.coefficient == 0 {
+        let (mut coefficient, mut scale) = (self.coefficient(), self.scale);
+        if coefficient == 0 {
             return Decimal::ZERO;
         }
-        while d.scale > 0 && d.coefficient % 10 == 0 {
-            d.coefficient /= 10;
-            d.scale -= 1;
+        while scale > 0 && coefficient % 10 == 0 {
+            coefficient /= 10;
+            scale -= 1;
         }
-        d
+        Decimal::raw(coefficient, scale)
+    }
+
+    /// `checked_add` on raw parts. The candle hot path works on parts held in registers: moving
+    /// whole `Decimal`s through the stack defeats store-to-load forwarding (measured: 2x slower).
+    #[inline(always)]
+    pub(crate) fn add_parts(a: i128, a_scale: u8, b: i128, b_scale: u8) -> Option<(i128, u8)> {
+        if a_scale == b_scale {
+            return Some((a.checked_add(b)?, a_scale));
+        }
+        Decimal::raw(a, a_scale).add_slow(Decimal::raw(b, b_scale)).map(|d| (d.coefficient(), d.scale))
+    }
+
+    /// The total order of [`Ord`] on raw parts (see [`Decimal::add_parts`]).
+    #[inline(always)]
+    pub(crate) fn cmp_parts(a: i128, a_scale: u8, b: i128, b_scale: u8) -> Ordering {
+        if a_scale == b_scale {
+            return a.cmp(&b);
+        }
+        Decimal::raw(a, a_scale).cmp(&Decimal::raw(b, b_scale))
     }
 
     /// Exact sum, at the larger of the two scales; `None` on overflow.
     #[inline]
     pub fn checked_add(self, rhs: Decimal) -> Option<Decimal> {
         if self.scale == rhs.scale {
-            return Some(Decimal { coefficient: self.coefficient.checked_add(rhs.coefficient)?, scale: self.scale });
+            return Some(Decimal::raw(self.coefficient().checked_add(rhs.coefficient())?, self.scale));
         }
         self.add_slow(rhs)
     }
@@ -118,12 +158,12 @@ impl Decimal {
         let scale = self.scale.max(rhs.scale);
         let a = self.rescaled(scale)?;
         let b = rhs.rescaled(scale)?;
-        Some(Decimal { coefficient: a.coefficient.checked_add(b.coefficient)?, scale })
+        Some(Decimal::raw(a.coefficient().checked_add(b.coefficient())?, scale))
     }
 
     /// Exact difference, at the larger of the two scales; `None` on overflow.
     pub fn checked_sub(self, rhs: Decimal) -> Option<Decimal> {
-        self.checked_add(Decimal { coefficient: rhs.coefficient.checked_neg()?, scale: rhs.scale })
+        self.checked_add(Decimal::raw(rhs.coefficient().checked_neg()?, rhs.scale))
     }
 
     /// Exact product, at the sum of the scales; `None` on overflow or when the scale exceeds [`MAX_SCALE`].
@@ -135,22 +175,22 @@ impl Decimal {
         }
         // Prices and quantities fit in 64 bits in practice; their product then cannot overflow
         // 128 bits, which skips the costly overflow-checked 128-bit multiplication.
-        let coefficient = match (i64::try_from(self.coefficient), i64::try_from(rhs.coefficient)) {
+        let coefficient = match (i64::try_from(self.coefficient()), i64::try_from(rhs.coefficient())) {
             (Ok(a), Ok(b)) => i128::from(a) * i128::from(b),
-            _ => self.coefficient.checked_mul(rhs.coefficient)?,
+            _ => self.coefficient().checked_mul(rhs.coefficient())?,
         };
-        Some(Decimal { coefficient, scale })
+        Some(Decimal::raw(coefficient, scale))
     }
 
     /// `self / rhs` rounded half to even at `scale` digits; `None` when `rhs` is zero or on overflow.
     pub fn checked_div_rounded(self, rhs: Decimal, scale: u8) -> Option<Decimal> {
-        if rhs.coefficient == 0 || scale > MAX_SCALE {
+        if rhs.coefficient() == 0 || scale > MAX_SCALE {
             return None;
         }
         // value = (a / 10^sa) / (b / 10^sb); result coefficient = a * 10^(scale + sb - sa) / b.
         let shift = i32::from(scale) + i32::from(rhs.scale) - i32::from(self.scale);
-        let mut numerator = self.coefficient.unsigned_abs();
-        let mut denominator = rhs.coefficient.unsigned_abs();
+        let mut numerator = self.coefficient().unsigned_abs();
+        let mut denominator = rhs.coefficient().unsigned_abs();
         let mut extra_digits = 0;
         if shift < 0 {
             denominator = denominator.checked_mul(pow10_u128(shift.unsigned_abs())?)?;
@@ -175,15 +215,15 @@ impl Decimal {
             Ordering::Less => false,
         };
         let magnitude = i128::try_from(quotient + u128::from(round_up)).ok()?;
-        let negative = (self.coefficient < 0) != (rhs.coefficient < 0);
-        Some(Decimal { coefficient: if negative { -magnitude } else { magnitude }, scale })
+        let negative = (self.coefficient() < 0) != (rhs.coefficient() < 0);
+        Some(Decimal::raw(if negative { -magnitude } else { magnitude }, scale))
     }
 
     /// Compares values, ignoring scale (`1.5` equals `1.50`).
     #[inline]
     pub fn cmp_value(&self, other: &Decimal) -> Ordering {
         if self.scale == other.scale {
-            return self.coefficient.cmp(&other.coefficient);
+            return self.coefficient().cmp(&other.coefficient());
         }
         self.cmp_value_slow(other)
     }
@@ -192,18 +232,18 @@ impl Decimal {
     fn cmp_value_slow(&self, other: &Decimal) -> Ordering {
         let scale = self.scale.max(other.scale);
         match (self.rescaled(scale), other.rescaled(scale)) {
-            (Some(a), Some(b)) => a.coefficient.cmp(&b.coefficient),
+            (Some(a), Some(b)) => a.coefficient().cmp(&b.coefficient()),
             // Only the side with the smaller scale can overflow when rescaled, and then its
             // magnitude exceeds anything an i128 coefficient at that scale can hold.
             (None, _) => {
-                if self.coefficient < 0 {
+                if self.coefficient() < 0 {
                     Ordering::Less
                 } else {
                     Ordering::Greater
                 }
             }
             (_, None) => {
-                if other.coefficient < 0 {
+                if other.coefficient() < 0 {
                     Ordering::Greater
                 } else {
                     Ordering::Less
@@ -222,12 +262,14 @@ impl Decimal {
 }
 
 impl Ord for Decimal {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         self.cmp_value(other).then(self.scale.cmp(&other.scale))
     }
 }
 
 impl PartialOrd for Decimal {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
@@ -235,8 +277,8 @@ impl PartialOrd for Decimal {
 
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let digits = self.coefficient.unsigned_abs().to_string();
-        let sign = if self.coefficient < 0 { "-" } else { "" };
+        let digits = self.coefficient().unsigned_abs().to_string();
+        let sign = if self.coefficient() < 0 { "-" } else { "" };
         let scale = usize::from(self.scale);
         if scale == 0 {
             return write!(f, "{sign}{digits}");
@@ -302,7 +344,7 @@ impl FromStr for Decimal {
             scale = 0;
         }
         let scale = u8::try_from(scale).ok().filter(|s| *s <= MAX_SCALE).ok_or_else(|| DecimalError::ScaleTooLarge(s.to_owned()))?;
-        Ok(Decimal { coefficient: if negative { -coefficient } else { coefficient }, scale })
+        Ok(Decimal::raw(if negative { -coefficient } else { coefficient }, scale))
     }
 }
 

@@ -59,6 +59,8 @@ pub struct CandleSeries {
     open_base: VecDeque<Candle>,
     /// Every bucket ending at or before this is final.
     horizon: Timestamp,
+    /// The earliest end of an open bucket: `advance` has nothing to do before it.
+    deadline: Timestamp,
 }
 
 impl CandleSeries {
@@ -86,7 +88,7 @@ impl CandleSeries {
             let child = (0..upper).rev().find(|&c| levels[upper].interval.is_multiple_of(levels[c].interval)).unwrap_or(0);
             levels[child].parents.push(upper);
         }
-        Ok(CandleSeries { instrument, levels, open_base: VecDeque::with_capacity(4), horizon })
+        Ok(CandleSeries { instrument, levels, open_base: VecDeque::with_capacity(4), horizon, deadline: Timestamp::END })
     }
 
     pub fn instrument(&self) -> &Instrument {
@@ -106,18 +108,30 @@ impl CandleSeries {
     /// Adds a trade to its open candle; reports [`Applied::Late`] when its bucket is already final.
     #[inline]
     pub fn apply(&mut self, trade: &Trade) -> Result<Applied, CandleError> {
-        let base = self.levels[0].interval;
+        if !self.instrument.same_as(trade.instrument()) {
+            return Err(CandleError::InstrumentMismatch { candle: self.instrument.clone(), trade: trade.instrument().clone() });
+        }
         let time = trade.event_time();
+        // Nearly always the newest open candle: a range check, no division.
+        if let Some(newest) = self.open_base.back_mut() {
+            if newest.open_time() <= time && time < newest.next_open_time() {
+                newest.accumulate(trade)?;
+                return Ok(Applied::Open);
+            }
+        }
+        let base = self.levels[0].interval;
         let open = base.bucket_start(time);
         if base.next_open(open) <= self.horizon {
             return Ok(Applied::Late);
         }
-        // Nearly always the newest open candle, so search from the back.
-        match self.open_base.iter().rposition(|c| c.open_time() <= open) {
-            Some(i) if self.open_base[i].open_time() == open => self.open_base[i].apply(trade)?,
-            Some(i) => self.open_base.insert(i + 1, Candle::from_trade(base, trade)?),
-            None => self.open_base.push_front(Candle::from_trade(base, trade)?),
+        let position = self.open_base.iter().rposition(|c| c.open_time() <= open);
+        if let Some(i) = position.filter(|&i| self.open_base[i].open_time() == open) {
+            self.open_base[i].accumulate(trade)?;
+            return Ok(Applied::Open);
         }
+        let candle = Candle::from_trade(base, trade)?;
+        self.deadline = self.deadline.min(candle.next_open_time());
+        self.open_base.insert(position.map_or(0, |i| i + 1), candle);
         Ok(Applied::Open)
     }
 
@@ -128,6 +142,9 @@ impl CandleSeries {
             return Ok(());
         }
         self.horizon = horizon;
+        if horizon < self.deadline {
+            return Ok(());
+        }
         while self.open_base.front().is_some_and(|c| c.next_open_time() <= horizon) {
             if let Some(candle) = self.open_base.pop_front() {
                 self.finish(0, candle, finals)?;
@@ -140,6 +157,8 @@ impl CandleSeries {
                 }
             }
         }
+        let partials = self.levels.iter().filter_map(|l| l.partial.as_ref());
+        self.deadline = partials.chain(self.open_base.front()).map(Candle::next_open_time).min().unwrap_or(Timestamp::END);
         Ok(())
     }
 

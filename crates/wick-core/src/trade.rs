@@ -41,8 +41,12 @@ const MAX_TRADE_COEFFICIENT: i128 = 1_000_000_000_000_000_000;
 pub struct Trade {
     instrument: Instrument,
     trade_id: u64,
-    price: Decimal,
-    quantity: Decimal,
+    // Price and quantity fit in 64 bits once validated; storing them compactly keeps a trade in
+    // 72 bytes instead of 104, and aggregation is memory-bound.
+    price_coefficient: i64,
+    quantity_coefficient: i64,
+    price_scale: u8,
+    quantity_scale: u8,
     side: TakerSide,
     event_time: Timestamp,
     receive_time: Timestamp,
@@ -82,12 +86,21 @@ impl Trade {
         if !quantity.is_positive() {
             return Err(TradeError::NonPositiveQuantity(quantity));
         }
-        for (field, value) in [("price", price), ("quantity", quantity)] {
-            if value.scale() > MAX_TRADE_SCALE || value.coefficient() >= MAX_TRADE_COEFFICIENT {
-                return Err(TradeError::TooPrecise { field, value });
-            }
-        }
-        Ok(Trade { instrument, trade_id, price, quantity, side, event_time, receive_time })
+        let compact = |field, value: Decimal| match i64::try_from(value.coefficient()) {
+            Ok(c) if value.scale() <= MAX_TRADE_SCALE && value.coefficient() < MAX_TRADE_COEFFICIENT => Ok(c),
+            _ => Err(TradeError::TooPrecise { field, value }),
+        };
+        Ok(Trade {
+            instrument,
+            trade_id,
+            price_coefficient: compact("price", price)?,
+            quantity_coefficient: compact("quantity", quantity)?,
+            price_scale: price.scale(),
+            quantity_scale: quantity.scale(),
+            side,
+            event_time,
+            receive_time,
+        })
     }
 
     pub fn instrument(&self) -> &Instrument {
@@ -96,11 +109,18 @@ impl Trade {
     pub fn trade_id(&self) -> u64 {
         self.trade_id
     }
+    #[inline]
     pub fn price(&self) -> Decimal {
-        self.price
+        Decimal::from_validated(self.price_coefficient, self.price_scale)
     }
+    #[inline]
     pub fn quantity(&self) -> Decimal {
-        self.quantity
+        Decimal::from_validated(self.quantity_coefficient, self.quantity_scale)
+    }
+    /// Price and quantity as raw (coefficient, scale) parts, for the candle hot path.
+    #[inline(always)]
+    pub(crate) fn raw_parts(&self) -> (i64, u8, i64, u8) {
+        (self.price_coefficient, self.price_scale, self.quantity_coefficient, self.quantity_scale)
     }
     pub fn side(&self) -> TakerSide {
         self.side
@@ -119,6 +139,12 @@ impl Trade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_compact() {
+        assert_eq!(std::mem::size_of::<Trade>(), 72);
+        assert_eq!(std::mem::size_of::<Decimal>(), 24);
+    }
 
     fn trade(price: &str, qty: &str) -> Result<Trade, TradeError> {
         Trade::new(
