@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod stack;
 mod util;
 
 use anyhow::{bail, Result};
@@ -12,13 +13,15 @@ cargo xtask <command>
 
 Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
-  bench   run the benchmarks and write docs/BENCHMARKS.md
+  stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
+  bench   run the benchmarks and write docs/BENCHMARKS.md (--report: rewrite it from the last run)
 ";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci::run_ci(),
+        Some("stack") => stack::run_stack(&args[1..]),
         Some("bench") => bench::run_bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");

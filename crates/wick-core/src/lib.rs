@@ -19,3 +19,8 @@ pub use interval::{Interval, IntervalError, UtcOffset, UtcOffsetError};
 pub use series::{Applied, CandleSeries, SeriesError};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TimestampError};
 pub use trade::{TakerSide, Trade, TradeError, TradeKey};
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExample;

@@ -1,0 +1,272 @@
+//! Helpers shared by Wick's integration tests: per-test topics, database schemas and Redis key
+//! prefixes; waiting for a condition; producing and reading records; a private broker process.
+//!
+//! Tests run against the real services that `cargo xtask stack up` starts. An unreachable service
+//! fails the test with a message naming it; nothing is ever skipped.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use rskafka::record::{Record, RecordAndOffset};
+
+/// The broker tests use: `WICK_TEST_KAFKA` or the stack's `127.0.0.1:9092`.
+pub fn broker_address() -> String {
+    std::env::var("WICK_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// PostgreSQL for tests: `WICK_TEST_POSTGRES` or the stack's server.
+pub fn postgres_config() -> String {
+    std::env::var("WICK_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into())
+}
+
+/// Redis for tests: `WICK_TEST_REDIS` (host:port) or the stack's `127.0.0.1:6379`.
+pub fn redis_address() -> String {
+    std::env::var("WICK_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+}
+
+/// A name unique to this test run and call: `prefix-<pid>-<counter>-<nanos>`, valid as a topic,
+/// schema (lower case, `_` instead of `-` via [`unique_ident`]) or key prefix.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// [`unique_name`] as an SQL identifier.
+pub fn unique_ident(prefix: &str) -> String {
+    unique_name(prefix).replace('-', "_").to_lowercase()
+}
+
+/// Connects to the test broker, failing with a message that names it when it does not answer.
+pub async fn kafka() -> Client {
+    kafka_at(&broker_address()).await
+}
+
+pub async fn kafka_at(address: &str) -> Client {
+    match wick_kafka::connect(&[address.to_owned()], Duration::from_secs(10)).await {
+        Ok(client) => client,
+        Err(e) => panic!("Kafka broker at {address} is unreachable ({e}); start the stack with `cargo xtask stack up`"),
+    }
+}
+
+/// Creates a topic with a unique name and returns the name.
+pub async fn topic(client: &Client, prefix: &str, partitions: i32) -> String {
+    let name = unique_name(prefix);
+    let spec = wick_kafka::TopicSpec { name: name.clone(), partitions };
+    wick_kafka::ensure_topics(client, &broker_address(), &[spec]).await.unwrap_or_else(|e| panic!("creating test topic {name}: {e}"));
+    name
+}
+
+pub async fn partition(client: &Client, topic: &str, partition: i32) -> PartitionClient {
+    client
+        .partition_client(topic.to_owned(), partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap_or_else(|e| panic!("partition client for {topic}/{partition}: {e}"))
+}
+
+/// A record with a value and no key.
+pub fn record(value: impl Into<Vec<u8>>) -> Record {
+    Record { key: None, value: Some(value.into()), headers: Default::default(), timestamp: rskafka::chrono::Utc::now() }
+}
+
+/// Produces `values` as one batch and returns their offsets.
+pub async fn produce(client: &PartitionClient, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<i64> {
+    let records: Vec<Record> = values.into_iter().map(record).collect();
+    client.produce(records, Compression::NoCompression).await.unwrap_or_else(|e| panic!("producing to {}: {e}", client.topic()))
+}
+
+/// Reads from `offset` until the high watermark that the fetches report, or until `timeout`.
+/// Returns every record seen and the last high watermark.
+pub async fn read_to_end(client: &PartitionClient, mut offset: i64, timeout: Duration) -> Result<(Vec<RecordAndOffset>, i64)> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        let (records, high_watermark) =
+            client.fetch_records(offset, 1..1_048_576, 100).await.with_context(|| format!("fetching {} from {offset}", client.topic()))?;
+        if let Some(last) = records.last() {
+            offset = last.offset + 1;
+        }
+        out.extend(records);
+        if offset >= high_watermark {
+            return Ok((out, high_watermark));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "read {} records of {} from offset {offset}: high watermark {high_watermark} not reached in {timeout:?}",
+                out.len(),
+                client.topic()
+            );
+        }
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A schema of its own in the test database, dropped by the caller when done (or left for
+/// inspection when the test fails).
+pub async fn postgres_schema() -> (tokio_postgres::Client, String) {
+    let config = postgres_config();
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL ({config}) is unreachable ({e}); start the stack with `cargo xtask stack up`"));
+    tokio::spawn(connection);
+    let schema = unique_ident("wick_test");
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap_or_else(|e| panic!("creating schema {schema}: {e}"));
+    (client, schema)
+}
+
+/// A Redis key prefix of its own, after checking that Redis answers `PING`.
+pub fn redis_prefix() -> String {
+    let address = redis_address();
+    if let Err(e) = redis_ping(&address) {
+        panic!("Redis at {address} is unreachable ({e}); start the stack with `cargo xtask stack up`");
+    }
+    format!("{}:", unique_name("wick-test"))
+}
+
+/// Sends `PING` over RESP and expects `+PONG`.
+pub fn redis_ping(address: &str) -> Result<()> {
+    let addr = address.to_socket_addrs()?.next().context("no address")?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf)?;
+    if &buf != b"+PONG\r\n" {
+        bail!("unexpected answer {:?}", String::from_utf8_lossy(&buf));
+    }
+    Ok(())
+}
+
+/// The tansu binary: on `PATH` or in `~/.cargo/bin`.
+pub fn tansu_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("WICK_TANSU") {
+        return Ok(PathBuf::from(path));
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let candidates = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .chain([Path::new(&home).join(".cargo/bin")])
+        .collect::<Vec<_>>();
+    candidates
+        .into_iter()
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+        .context("the tansu broker is not installed: run `cargo xtask stack up` (it installs it)")
+}
+
+/// Where a private broker keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageEngine {
+    /// `sqlite://` in the broker's own directory: what the stack uses.
+    Sqlite,
+    /// `memory://`: loses records when a fetch starts mid-batch (tansu 0.6.0); kept to show that
+    /// the conformance tests catch it.
+    Memory,
+}
+
+impl StorageEngine {
+    /// `WICK_CONFORMANCE_ENGINE=memory` selects the memory engine; the default is SQLite.
+    pub fn from_env() -> StorageEngine {
+        match std::env::var("WICK_CONFORMANCE_ENGINE").as_deref() {
+            Ok("memory") => StorageEngine::Memory,
+            _ => StorageEngine::Sqlite,
+        }
+    }
+}
+
+/// A tansu broker of the test's own, on a free port, that the test can restart.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    engine: StorageEngine,
+}
+
+impl BrokerProcess {
+    pub fn start(engine: StorageEngine) -> Result<BrokerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(unique_name("wick-broker"));
+        std::fs::create_dir_all(&dir)?;
+        let mut broker = BrokerProcess { child: None, dir, port, engine };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let engine = match self.engine {
+            StorageEngine::Sqlite => "sqlite://tansu.db".to_owned(),
+            StorageEngine::Memory => "memory://tansu/".to_owned(),
+        };
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("broker.log"))?;
+        let child = Command::new(tansu_binary()?)
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", &engine, "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting tansu")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("private tansu broker on port {} did not start; see {}", self.port, self.dir.join("broker.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL, no clean shutdown) and starts it again on the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
