@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::stack;
 use crate::util::{cargo, output, root, run};
 
 const RING_IMPLS: [(&str, &str); 5] = [
@@ -28,11 +29,12 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     let root = root();
     let criterion = root.join("target/criterion");
     if measure {
-        for group in ["ring", "aggregate"] {
+        for group in ["ring", "aggregate", "broker"] {
             let _ = fs::remove_dir_all(criterion.join(group));
         }
         run(cargo().args(["bench", "-p", "wick-core", "--bench", "aggregate"]))?;
         run(cargo().args(["bench", "-p", "wick-core", "--bench", "ring"]))?;
+        broker_benches()?;
     }
 
     let mut md = String::new();
@@ -47,6 +49,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     writeln!(md)?;
     aggregate_section(&mut md, &criterion)?;
     ring_section(&mut md, &criterion)?;
+    broker_section(&mut md, &criterion)?;
     let path = root.join("docs/BENCHMARKS.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -150,6 +153,71 @@ fn ring_section(md: &mut String, criterion: &Path) -> Result<()> {
             }
             writeln!(md)?;
         }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// Runs the broker benchmarks with the loopback route's `quickack` off, then on (all of them), and
+/// leaves the route as it found it. Needs the stack's broker, and root to change the route.
+fn broker_benches() -> Result<()> {
+    if !stack::broker_answers() {
+        bail!("the broker benchmarks need the stack: run `cargo xtask stack up` first");
+    }
+    let was_on = stack::quickack_enabled();
+    let bench = |state: &str, full: bool| {
+        run(cargo()
+            .args(["bench", "-p", "wick-kafka", "--bench", "broker"])
+            .env("WICK_BENCH_QUICKACK", state)
+            .env("WICK_BENCH_BROKER_FULL", if full { "1" } else { "0" }))
+    };
+    let switched = stack::quickack(false).is_ok();
+    let result = if switched { bench("off", false) } else { Ok(()) };
+    let restored = stack::quickack(true);
+    result?;
+    restored?;
+    bench("on", true)?;
+    if !was_on {
+        stack::quickack(false)?;
+    }
+    Ok(())
+}
+
+fn broker_section(md: &mut String, criterion: &Path) -> Result<()> {
+    let ns = |name: &str, state: &str| median_ns(criterion, &format!("broker/{name}/quickack_{state}"));
+    writeln!(md, "## Broker (tansu 0.6.0, SQLite engine, through rskafka 0.6.0)\n")?;
+    writeln!(
+        md,
+        "Command: `cargo bench -p wick-kafka --bench broker`, run by `cargo xtask bench` with the loopback route's `quickack` \
+         flag off and then on (the stack sets it; see README). Everything else Wick does is bounded by these figures.\n"
+    )?;
+    writeln!(md, "| request | quickack off | quickack on | off / on |")?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    for (name, label) in [
+        ("produce_1x100B", "produce 1 record of 100 B"),
+        ("produce_100x100B", "produce 100 records of 100 B (one request)"),
+        ("fetch_5000x100B", "fetch 5000 records of 100 B (1 MiB fetches)"),
+    ] {
+        let on = ns(name, "on")?;
+        match ns(name, "off") {
+            Ok(off) => writeln!(md, "| {label} | {:.2} ms | {:.2} ms | {:.1}x |", off / 1e6, on / 1e6, off / on)?,
+            Err(_) => writeln!(md, "| {label} | not measured (needs root) | {:.2} ms | |", on / 1e6)?,
+        }
+    }
+    writeln!(md)?;
+    writeln!(md, "Throughput with `quickack` on:\n")?;
+    writeln!(md, "| workload | time per iteration | records/s |")?;
+    writeln!(md, "|---|---:|---:|")?;
+    for (name, label, records) in [
+        ("produce_1x100B", "produce, 1 record of 100 B per request", 1.0),
+        ("produce_100x100B", "produce, 100 records of 100 B per request, 1 partition", 100.0),
+        ("produce_100x100B_8_partitions_in_flight", "produce, 100 records of 100 B per request, 8 partitions in flight", 800.0),
+        ("produce_100x4KB", "produce, 100 records of 4 KB per request", 100.0),
+        ("fetch_5000x100B", "fetch 5000 records of 100 B", 5000.0),
+        ("fetch_5000x4KB", "fetch 5000 records of 4 KB", 5000.0),
+    ] {
+        let t = ns(name, "on")?;
+        writeln!(md, "| {label} | {:.2} ms | {:.0} |", t / 1e6, records / (t / 1e9))?;
     }
     writeln!(md)?;
     Ok(())

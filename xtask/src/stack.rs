@@ -62,6 +62,10 @@ pub fn run_stack(args: &[String]) -> Result<()> {
     }
 }
 
+pub fn broker_answers() -> bool {
+    answers(BROKER)
+}
+
 fn answers(address: &str) -> bool {
     address.parse::<SocketAddr>().ok().is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
 }

@@ -75,7 +75,7 @@ pub async fn partition(client: &Client, topic: &str, partition: i32) -> Partitio
 
 /// A record with a value and no key.
 pub fn record(value: impl Into<Vec<u8>>) -> Record {
-    Record { key: None, value: Some(value.into()), headers: Default::default(), timestamp: rskafka::chrono::Utc::now() }
+    Record { key: None, value: Some(value.into()), headers: Default::default(), timestamp: chrono::Utc::now() }
 }
 
 /// Produces `values` as one batch and returns their offsets.
@@ -242,8 +242,11 @@ impl BrokerProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("private tansu broker on port {} did not start; see {}", self.port, self.dir.join("broker.log").display());
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!("private tansu broker ({engine}) on port {} did not start ({exited:?}): {}", self.port, tail.join(" | "));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
