@@ -47,6 +47,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     writeln!(md, "- Machine: {}", machine()?)?;
     writeln!(md, "- Toolchain: {}", output(std::process::Command::new("rustc").arg("-V"))?.trim())?;
     writeln!(md)?;
+    goals_section(&mut md, &criterion)?;
     aggregate_section(&mut md, &criterion)?;
     ring_section(&mut md, &criterion)?;
     broker_section(&mut md, &criterion)?;
@@ -220,5 +221,58 @@ fn broker_section(md: &mut String, criterion: &Path) -> Result<()> {
         writeln!(md, "| {label} | {:.2} ms | {:.0} |", t / 1e6, records / (t / 1e9))?;
     }
     writeln!(md)?;
+    Ok(())
+}
+
+/// The goals of the issue that introduced each benchmark, met or not, with what limits a miss.
+fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
+    let agg = |name: &str| median_ns(criterion, &format!("aggregate/{name}"));
+    let ring = |name: &str, c: u32, b: u32| median_ns(criterion, &format!("ring/{name}/c{c}_b{b}"));
+    let allocs: Value = serde_json::from_str(&fs::read_to_string(root().join("target/wick-bench/allocations.json"))?)?;
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    writeln!(md, "## Goals\n")?;
+    writeln!(md, "| goal | measured | verdict |")?;
+    writeln!(md, "|---|---|---|")?;
+    for c in [1, 4] {
+        for b in [1, 10, 100] {
+            let (wick, disruptor, channel) = (ring("wick_ring", c, b)?, ring("disruptor_crate", c, b)?, ring("crossbeam_channel", c, b)?);
+            writeln!(
+                md,
+                "| ring >= `disruptor` crate, {c} consumer(s), burst {b} | {:.2}x | {} |",
+                disruptor / wick,
+                verdict(disruptor >= wick)
+            )?;
+            let need = if b == 1 { 2.0 } else { 4.0 };
+            writeln!(
+                md,
+                "| ring >= {need}x crossbeam channel, {c} consumer(s), burst {b} | {:.2}x | {} |",
+                channel / wick,
+                verdict(channel / wick >= need)
+            )?;
+        }
+    }
+    let (baseline, one, all) = (agg("trade_aggregation_1m")?, agg("wick_1m")?, agg("wick_all_16")?);
+    writeln!(md, "| aggregator >= 2x `trade_aggregation` | {:.2}x | {} |", baseline / one, verdict(baseline / one >= 2.0))?;
+    let per_trade = allocs["allocations"].as_f64().unwrap_or(f64::NAN) / allocs["trades"].as_f64().unwrap_or(f64::NAN);
+    writeln!(md, "| zero heap allocations per trade once warm | {per_trade} | {} |", verdict(per_trade == 0.0))?;
+    writeln!(md, "| all 16 intervals <= 3x one | {:.2}x | {} |", all / one, verdict(all / one <= 3.0))?;
+    writeln!(md)?;
+    writeln!(md, "What limits the misses (read with the tables below):\n")?;
+    writeln!(
+        md,
+        "- **Ring, burst 1.** One event per round trip measures the hand-off itself: the producer's cursor and the consumer's \
+         progress each cross between the two vCPUs, plus a thread wake-up. Wick and the `disruptor` crate cost the same there; a \
+         bounded channel costs well under 2x that, so 2x is out of reach on this machine. From bursts of 10 on, batching \
+         (one cursor read and one progress write per batch) is what separates the designs.\n\
+         - **Ring, 4 consumers.** This machine has 2 cores: with a producer and 4 consumers, threads must be scheduled in turn. \
+         A broadcast ring needs every consumer to run for every burst (each must pass every slot), while per-shard queues wake \
+         only the consumers that have work, which favours the queues at small bursts. The `disruptor` crate offers only \
+         busy-spinning (or sleeping) waits and collapses here (milliseconds per event); Wick's ring yields after a short spin.\n\
+         - **Aggregator vs `trade_aggregation`.** The baseline adds `f64`s into a candle of seven fields; Wick does exact 128-bit \
+         decimal arithmetic with scale checks and overflow detection for every field of its candle (quote volume, taker-buy \
+         volumes, first and last trade), keeps trades of 72 bytes (id, side, event and receive time) rather than 24, and advances \
+         a watermark after every trade. Reading the trades alone (the floor rows below) is a small part of the time; the \
+         remainder is the exact arithmetic. Exactness is a requirement; this is its measured price.\n"
+    )?;
     Ok(())
 }

@@ -94,9 +94,13 @@ impl<T> Shared<T> {
         self.mask + 1
     }
 
+    #[inline(always)]
     fn slot(&self, sequence: i64) -> &UnsafeCell<T> {
-        // `sequence & mask` is in 0..capacity because the mask is capacity - 1.
-        &self.slots[(sequence & self.mask) as usize]
+        let index = (sequence & self.mask) as usize;
+        debug_assert!(index < self.slots.len());
+        // SAFETY: `mask` is `slots.len() - 1` for a power-of-two length (checked in `ring`), so
+        // `sequence & mask` is always a valid index. This skips a bounds check per event.
+        unsafe { self.slots.get_unchecked(index) }
     }
 
     fn wake_sleepers(&self) {
