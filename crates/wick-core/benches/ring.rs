@@ -56,8 +56,8 @@ struct WickRing {
 }
 
 impl WickRing {
-    fn new(consumers: usize) -> WickRing {
-        let (producer, handles) = ring(CAPACITY, consumers, WaitStrategy::Yielding, || 0u64).unwrap();
+    fn new(consumers: usize, wait: WaitStrategy) -> WickRing {
+        let (producer, handles) = ring(CAPACITY, consumers, wait, || 0u64).unwrap();
         let progress = progress(consumers);
         let k = consumers as u64;
         let threads = handles
@@ -333,7 +333,8 @@ impl Drop for Queues {
 
 fn pipeline(name: &str, consumers: usize) -> Box<dyn Pipeline> {
     match name {
-        "wick_ring" => Box::new(WickRing::new(consumers)),
+        "wick_ring" => Box::new(WickRing::new(consumers, WaitStrategy::Yielding)),
+        "wick_ring_busy_spin" => Box::new(WickRing::new(consumers, WaitStrategy::BusySpin)),
         "disruptor_crate" => Box::new(DisruptorCrate::new(consumers)),
         "crossbeam_channel" => Box::new(Queues::crossbeam_channel(consumers)),
         "array_queue" => Box::new(Queues::array_queue(consumers)),
@@ -348,7 +349,7 @@ fn ring_benches(c: &mut Criterion) {
     for consumers in [1usize, 4] {
         for burst in [1usize, 10, 100] {
             group.throughput(Throughput::Elements(burst as u64));
-            for name in ["wick_ring", "disruptor_crate", "crossbeam_channel", "array_queue", "std_sync_channel"] {
+            for name in ["wick_ring", "wick_ring_busy_spin", "disruptor_crate", "crossbeam_channel", "array_queue", "std_sync_channel"] {
                 let mut p = pipeline(name, consumers);
                 group.bench_function(BenchmarkId::new(name, format!("c{consumers}_b{burst}")), |b| {
                     b.iter_custom(|iters| {
