@@ -105,8 +105,8 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 /// The tansu binary, installed with `cargo install` when missing (a cold build takes 30-40 minutes
 /// on 2 cores; the binary is cached in `~/.cargo/bin` across runs).
 pub fn tansu() -> Result<PathBuf> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = PathBuf::from(home).join(".cargo/bin/tansu");
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let installed = PathBuf::from(cargo_home).join("bin/tansu");
     if installed.is_file() {
         return Ok(installed);
     }
@@ -173,12 +173,18 @@ fn postgres_up() -> Result<()> {
         if !have("pg_ctlcluster") {
             apt_install(&["postgresql"])?;
         }
-        let versions = fs::read_dir("/etc/postgresql").context("no /etc/postgresql after installing postgresql")?;
-        let version = versions.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).max().context("no cluster")?;
-        run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]))?;
-        record_started(&format!("postgres:{version}"), 0)?;
+        let version = postgres_version()?;
+        trust_loopback(&version)?;
+        // On a systemd machine the package starts the cluster itself; `pg_ctlcluster start` would
+        // then fail with "already running" (exit 2).
+        if !answers(POSTGRES) {
+            let status = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]).status()?;
+            if !status.success() && status.code() != Some(2) {
+                bail!("pg_ctlcluster {version} main start failed with {status}");
+            }
+            record_started(&format!("postgres:{version}"), 0)?;
+        }
         wait_for("PostgreSQL", Duration::from_secs(30), || answers(POSTGRES))?;
-        // Trust loopback connections, as the design's default URL (no password) expects.
         eprintln!("stack: started PostgreSQL {version}");
     }
     if !have("psql") {
@@ -189,11 +195,40 @@ fn postgres_up() -> Result<()> {
         "127.0.0.1",
         "-U",
         "postgres",
+        "-w",
         "-tAc",
         "SELECT 1 FROM pg_database WHERE datname = 'wick'",
-    ]))?;
+    ]))
+    .context("PostgreSQL on 127.0.0.1:5432 must accept user postgres without a password (trust on loopback)")?;
     if exists.trim() != "1" {
-        run(Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-c", "CREATE DATABASE wick"]))?;
+        run(Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-w", "-c", "CREATE DATABASE wick"]))?;
+    }
+    Ok(())
+}
+
+/// The newest installed PostgreSQL major version (numerically: 15 beats 9.6).
+fn postgres_version() -> Result<String> {
+    let versions = fs::read_dir("/etc/postgresql").context("no /etc/postgresql after installing postgresql")?;
+    versions
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max_by(|a, b| {
+            let key = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
+            key(a).cmp(&key(b))
+        })
+        .context("no PostgreSQL cluster in /etc/postgresql")
+}
+
+/// Debian creates clusters with password authentication on TCP; the design's default URL
+/// (`postgres://postgres@127.0.0.1:5432/wick`) has none. Trust loopback on a cluster we start.
+fn trust_loopback(version: &str) -> Result<()> {
+    let path = PathBuf::from(format!("/etc/postgresql/{version}/main/pg_hba.conf"));
+    let hba = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rules = "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n";
+    if !hba.starts_with(rules) {
+        fs::write(&path, format!("{rules}{hba}")).with_context(|| format!("writing {}", path.display()))?;
+        // Reload if it is already running; a cluster started afterwards reads the file anyway.
+        let _ = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", "reload"]).status();
     }
     Ok(())
 }
@@ -250,9 +285,15 @@ fn redis_cluster_up() -> Result<()> {
         eprintln!("stack: Redis cluster already answers on ports {ports:?}");
         return Ok(());
     }
+    let ours: Vec<String> = started().into_iter().map(|(n, _)| n).collect();
     for port in &ports {
         if redis_pings(&format!("127.0.0.1:{port}")) {
-            bail!("port {port} has a Redis that is not part of a healthy cluster; stop it or set WICK_STACK_REDIS_CLUSTER_PORTS");
+            if !ours.contains(&format!("redis:{port}")) {
+                bail!("port {port} has a Redis that is not part of a healthy cluster; stop it or set WICK_STACK_REDIS_CLUSTER_PORTS");
+            }
+            // Ours, from an `up` that failed before the cluster formed: start it afresh.
+            let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string(), "shutdown", "nosave"]).output();
+            wait_for(&format!("Redis on port {port} to stop"), Duration::from_secs(10), || !answers(&format!("127.0.0.1:{port}")))?;
         }
         redis_server(*port, &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"])?;
     }
@@ -316,9 +357,14 @@ fn quickack_on() -> Result<()> {
         eprintln!("stack: not root or no iproute2: leaving the loopback route without quickack (requests may stall ~40 ms)");
         return Ok(());
     }
-    set_quickack(true)?;
-    record_started("quickack", 0)?;
-    eprintln!("stack: set quickack on the loopback route");
+    match set_quickack(true) {
+        Ok(()) => {
+            record_started("quickack", 0)?;
+            eprintln!("stack: set quickack on the loopback route");
+        }
+        // E.g. a container without CAP_NET_ADMIN: slower requests, nothing else changes.
+        Err(e) => eprintln!("stack: could not set quickack on the loopback route ({e:#}); requests may stall ~40 ms"),
+    }
     Ok(())
 }
 
@@ -328,30 +374,48 @@ pub fn quickack(on: bool) -> Result<()> {
 
 fn down() -> Result<()> {
     let components = started();
+    // Keep going on errors, so one component that is already gone does not keep the rest running.
+    let mut failures = Vec::new();
     for (name, pid) in components.iter().rev() {
-        match name.split_once(':') {
-            _ if name == "quickack" => {
-                set_quickack(false)?;
-                eprintln!("stack: removed quickack from the loopback route");
-            }
+        let result = match name.split_once(':') {
+            _ if name == "quickack" => set_quickack(false).map(|()| "removed quickack from the loopback route".to_owned()),
             Some(("postgres", version)) => {
-                run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", "stop"]))?;
-                eprintln!("stack: stopped PostgreSQL {version}");
+                let status = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", "stop"]).status();
+                match status {
+                    // Exit 2: not running any more.
+                    Ok(s) if s.success() || s.code() == Some(2) => Ok(format!("stopped PostgreSQL {version}")),
+                    Ok(s) => Err(anyhow::anyhow!("pg_ctlcluster {version} main stop failed with {s}")),
+                    Err(e) => Err(e.into()),
+                }
             }
             Some(("redis", port)) => {
                 let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", port, "shutdown", "nosave"]).output();
-                eprintln!("stack: stopped Redis on port {port}");
+                Ok(format!("stopped Redis on port {port}"))
             }
             _ if *pid > 0 => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                eprintln!("stack: stopped {name} (pid {pid})");
+                // Only kill the pid if it is still the broker we started (it may have died and the pid been reused).
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("tansu") {
+                    let _ = Command::new("kill").arg(pid.to_string()).status();
+                    Ok(format!("stopped {name} (pid {pid})"))
+                } else {
+                    Ok(format!("{name} (pid {pid}) was no longer running"))
+                }
             }
-            _ => {}
+            _ => Ok(String::new()),
+        };
+        match result {
+            Ok(msg) if !msg.is_empty() => eprintln!("stack: {msg}"),
+            Ok(_) => {}
+            Err(e) => failures.push(format!("{name}: {e:#}")),
         }
     }
     let _ = fs::remove_file(state_file());
     if components.is_empty() {
         eprintln!("stack: nothing was started by `stack up`");
+    }
+    if !failures.is_empty() {
+        bail!("stack down: {}", failures.join("; "));
     }
     Ok(())
 }

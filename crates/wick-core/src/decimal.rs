@@ -204,9 +204,19 @@ impl Decimal {
         let mut quotient = numerator / denominator;
         let mut remainder = numerator % denominator;
         for _ in 0..extra_digits {
-            let r10 = remainder.checked_mul(10)?;
-            quotient = quotient.checked_mul(10)?.checked_add(r10 / denominator)?;
-            remainder = r10 % denominator;
+            // The next digit of remainder * 10 / denominator without forming remainder * 10, which
+            // can exceed 128 bits: add the remainder ten times, subtracting the denominator whenever
+            // it is reached. `acc + remainder < 2 * denominator < 2^128`, so nothing overflows.
+            let (mut acc, mut digit) = (0u128, 0u128);
+            for _ in 0..10 {
+                acc += remainder;
+                if acc >= denominator {
+                    acc -= denominator;
+                    digit += 1;
+                }
+            }
+            quotient = quotient.checked_mul(10)?.checked_add(digit)?;
+            remainder = acc;
         }
         // Half to even; `remainder < denominator`, so `denominator - remainder` cannot underflow.
         let round_up = match remainder.cmp(&(denominator - remainder)) {
@@ -214,7 +224,7 @@ impl Decimal {
             Ordering::Equal => quotient % 2 == 1,
             Ordering::Less => false,
         };
-        let magnitude = i128::try_from(quotient + u128::from(round_up)).ok()?;
+        let magnitude = i128::try_from(quotient.checked_add(u128::from(round_up))?).ok()?;
         let negative = (self.coefficient() < 0) != (rhs.coefficient() < 0);
         Some(Decimal::raw(if negative { -magnitude } else { magnitude }, scale))
     }
@@ -337,6 +347,10 @@ impl FromStr for Decimal {
                 .ok_or_else(|| DecimalError::TooManyDigits(s.to_owned()))?;
         }
         let mut scale = i64::try_from(frac.len()).map_err(|_| syntax())? - i64::from(exponent);
+        if coefficient == 0 {
+            // Zero has no significant digits to overflow: `0e39` is 0, `0e-50` is 0 at scale 38.
+            scale = scale.clamp(0, i64::from(MAX_SCALE));
+        }
         if scale < 0 {
             let up = usize::try_from(-scale).map_err(|_| DecimalError::TooManyDigits(s.to_owned()))?;
             coefficient =
@@ -402,12 +416,25 @@ mod tests {
     }
 
     #[test]
-    fn division_survives_large_numerators() {
-        // 10^36 / 3 at 16 digits needs long division: the scaled numerator exceeds 128 bits.
-        let big = Decimal::new(10i128.pow(36), 0).unwrap();
-        let q = big.checked_div_rounded(d("3"), 1).unwrap();
-        assert_eq!(q.to_string(), format!("{}.3", "3".repeat(36)));
+    fn division_survives_large_numerators_and_denominators() {
+        // 1.5e28 / 9 at 11 digits: the scaled numerator (1.5e39) exceeds 128 bits, so the last digit
+        // comes from long division; the result nearly fills an i128.
+        let big = Decimal::new(15 * 10i128.pow(37), 10).unwrap();
+        let q = big.checked_div_rounded(d("9"), 11).unwrap();
+        assert_eq!(q.to_string(), "1666666666666666666666666666.66666666667");
+        // A denominator above 3.4e37: `remainder * 10` would not fit in 128 bits.
+        let n = Decimal::new(10i128.pow(38), 0).unwrap();
+        let den = Decimal::new(15 * 10i128.pow(37), 0).unwrap();
+        assert_eq!(n.checked_div_rounded(den, 1).unwrap().to_string(), "0.7");
+        assert_eq!(n.checked_div_rounded(den, 4).unwrap().to_string(), "0.6667");
         assert_eq!(d("1").checked_div_rounded(d("0"), 2), None);
+    }
+
+    #[test]
+    fn zero_takes_any_exponent() {
+        assert_eq!(d("0e39"), Decimal::ZERO);
+        assert_eq!(d("0e-50").scale(), MAX_SCALE);
+        assert!(d("0e-50").is_zero());
     }
 
     #[rstest]

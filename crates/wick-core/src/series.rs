@@ -8,7 +8,11 @@
 //! [`Candle::merge`] is. The candle of an interval still in progress is the sum of its own partial
 //! rollup, the partial rollups of the intervals below it, and the open base candles.
 //!
-//! Time: `advance(horizon)` finalizes every bucket whose end is at or before `horizon`. The caller
+//! Time: `advance(horizon)` finalizes every bucket whose end (the next bucket's open time) is at or
+//! before `horizon`. The design says a candle is final when the watermark passes its close time;
+//! Binance's close time is the next open minus 1 ms, but trades carry microseconds and one in that
+//! last millisecond still belongs to the candle, so the exact rule is `watermark >= next open`:
+//! pass the watermark itself as the horizon. The caller
 //! owns the watermark logic (event time minus allowed lateness, advanced while idle by an injected
 //! clock) and feeds its result here. A trade for a bucket that is already final is reported as
 //! [`Applied::Late`] and not applied: revising a published final is the caller's decision.
@@ -145,16 +149,16 @@ impl CandleSeries {
         if horizon < self.deadline {
             return Ok(());
         }
-        while self.open_base.front().is_some_and(|c| c.next_open_time() <= horizon) {
-            if let Some(candle) = self.open_base.pop_front() {
-                self.finish(0, candle, finals)?;
-            }
+        // Each candle leaves its place only once it is fully folded into its parents: on error the
+        // series is unchanged and the caller sees the same error when it advances further.
+        while let Some(candle) = self.open_base.front().filter(|c| c.next_open_time() <= horizon).cloned() {
+            self.finish(0, candle, finals)?;
+            self.open_base.pop_front();
         }
         for level in 1..self.levels.len() {
-            if self.levels[level].partial.as_ref().is_some_and(|c| c.next_open_time() <= horizon) {
-                if let Some(candle) = self.levels[level].partial.take() {
-                    self.finish(level, candle, finals)?;
-                }
+            if let Some(candle) = self.levels[level].partial.as_ref().filter(|c| c.next_open_time() <= horizon).cloned() {
+                self.finish(level, candle, finals)?;
+                self.levels[level].partial = None;
             }
         }
         let partials = self.levels.iter().filter_map(|l| l.partial.as_ref());
@@ -162,22 +166,34 @@ impl CandleSeries {
         Ok(())
     }
 
-    /// Reports a final candle of `level` and folds it into the levels above.
+    /// Reports a final candle of `level` and folds it into the levels above. The folds are computed
+    /// first and committed together, so an overflow leaves the parents as they were.
     fn finish(&mut self, level: usize, mut candle: Candle, finals: &mut impl FnMut(Candle)) -> Result<(), CandleError> {
-        for p in 0..self.levels[level].parents.len() {
+        let parents = self.levels[level].parents.len();
+        // A parent still holding an earlier bucket has ended before this one began.
+        for p in 0..parents {
             let parent = self.levels[level].parents[p];
-            let interval = self.levels[parent].interval;
-            let open = interval.bucket_start(candle.open_time());
-            // A parent still holding an earlier bucket has ended before this one began.
-            if self.levels[parent].partial.as_ref().is_some_and(|c| c.open_time() != open) {
-                if let Some(stale) = self.levels[parent].partial.take() {
-                    self.finish(parent, stale, finals)?;
+            let open = self.levels[parent].interval.bucket_start(candle.open_time());
+            if let Some(stale) = self.levels[parent].partial.as_ref().filter(|c| c.open_time() != open).cloned() {
+                self.finish(parent, stale, finals)?;
+                self.levels[parent].partial = None;
+            }
+        }
+        let mut folded: [Option<Candle>; Interval::ALL.len()] = std::array::from_fn(|_| None);
+        for (p, slot) in folded.iter_mut().enumerate().take(parents) {
+            let parent = &self.levels[self.levels[level].parents[p]];
+            *slot = Some(match &parent.partial {
+                Some(partial) => {
+                    let mut merged = partial.clone();
+                    merged.merge(&candle)?;
+                    merged
                 }
-            }
-            match &mut self.levels[parent].partial {
-                Some(partial) => partial.merge(&candle)?,
-                slot @ None => *slot = Some(candle.rolled_into(interval)),
-            }
+                None => candle.rolled_into(parent.interval),
+            });
+        }
+        for (p, slot) in folded.iter_mut().enumerate().take(parents) {
+            let parent = self.levels[level].parents[p];
+            self.levels[parent].partial = slot.take();
         }
         if self.levels[level].published {
             candle.mark_closed();
@@ -295,6 +311,27 @@ mod tests {
         let five = finals.iter().find(|c| c.interval() == Interval::M5).unwrap();
         assert_eq!((five.open_time(), five.trade_count(), five.low().to_string()), (at(0), 4, "4".into()));
         assert_eq!(finals.len(), 2, "{finals:?}");
+    }
+
+    #[test]
+    fn an_overflowing_rollup_reports_the_error_and_loses_nothing() {
+        let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+        let make = |id, secs, value: &str| {
+            let t = at(secs);
+            Trade::new(instrument.clone(), id, value.parse().unwrap(), value.parse().unwrap(), TakerSide::Buy, t, t).unwrap()
+        };
+        let mut s = series(&[Interval::S1, Interval::M1]);
+        s.apply(&make(1, 0, "999999999999999999")).unwrap();
+        // Its quote volume has scale 36: adding 10^36 at that scale cannot fit in 38 digits.
+        s.apply(&make(2, 1, "0.000000000000000001")).unwrap();
+        let mut finals = Vec::new();
+        for secs in [60, 61] {
+            assert_eq!(s.advance(at(secs), &mut |c| finals.push(c)), Err(CandleError::Overflow("quote volume")));
+        }
+        // The first second was folded and reported once; the second is still held, not dropped.
+        assert_eq!(finals.iter().map(|c| (c.interval(), c.trade_count())).collect::<Vec<_>>(), vec![(Interval::S1, 1)]);
+        assert_eq!(s.open_base.len(), 1);
+        assert_eq!(s.levels[1].partial.as_ref().map(Candle::trade_count), Some(1));
     }
 
     #[test]

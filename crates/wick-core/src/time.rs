@@ -111,6 +111,9 @@ impl Timestamp {
             Some(b'Z' | b'z') if i + 1 == b.len() => 0,
             Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
                 let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+                if h > 23 || m > 59 {
+                    return Err(err());
+                }
                 let total = h * 3600 + m * 60;
                 if *sign == b'+' {
                     total
@@ -260,6 +263,8 @@ mod tests {
     #[case("2023-02-30T00:00:00Z")]
     #[case("2023-02-09 20:19:35")]
     #[case("2023-02-09T20:19:35.Z")]
+    #[case("2023-02-09T20:19:35+99:99")]
+    #[case("2023-02-09T20:19:35+05:60")]
     #[case("1969-12-31T23:59:59Z")]
     #[case("garbage")]
     fn refuses_bad_rfc3339(#[case] s: &str) {

@@ -32,7 +32,9 @@ impl fmt::Display for TakerSide {
 }
 
 /// Prices and quantities carry at most 18 digits after the point and 18 significant digits, so
-/// their product always fits and sums of products overflow only after billions of trades.
+/// one trade's price x quantity always fits. Sums can still exceed 38 digits when huge values meet
+/// many decimals (a quote volume of 10^3 at scale 36, say); every sum is checked and reports
+/// `CandleError::Overflow` rather than rounding.
 pub const MAX_TRADE_SCALE: u8 = 18;
 const MAX_TRADE_COEFFICIENT: i128 = 1_000_000_000_000_000_000;
 
