@@ -39,7 +39,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const TRADES: usize = 1_000_000;
-/// 2026-09-21T00:00:00Z.
+/// 2026-09-22T00:00:00Z.
 const START_MICROS: i64 = 1_790_035_200_000_000;
 const SPAN_MICROS: i64 = 12 * 3_600_000_000;
 
