@@ -266,7 +266,10 @@ fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     writeln!(md, "What limits the misses (read with the tables below):\n")?;
     writeln!(
         md,
-        "- **Ring, burst 1.** One event per round trip measures the hand-off itself: the producer's cursor and the consumer's \
+        "- **Ring against the `disruptor` crate, 1 consumer, bursts of 10 and 100.** Wick is about 10% slower per event (a \
+         few nanoseconds per burst). The wait strategy is not the cause (Wick's busy-spin variant measures the same as its \
+         yielding default); the difference is in the per-event publish and handle loops and is not diagnosed yet.\n\
+         - **Ring, burst 1.** One event per round trip measures the hand-off itself: the producer's cursor and the consumer's \
          progress each cross between the two vCPUs, plus a thread wake-up. Wick and the `disruptor` crate cost the same there; a \
          bounded channel costs well under 2x that, so 2x is out of reach on this machine. From bursts of 10 on, batching \
          (one cursor read and one progress write per batch) is what separates the designs.\n\

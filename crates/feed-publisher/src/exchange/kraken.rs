@@ -1,0 +1,123 @@
+//! Kraken WebSocket v2 `trade` (objects; prices and quantities are JSON numbers, read exactly from
+//! their raw text) and v1 `trade` (positional arrays of strings).
+//!
+//! v2's `side` is the taker's. v1 carries no trade id: Wick derives one from the timestamp in
+//! microseconds and the trade's position in the message (`micros * 1000 + index`), stable across
+//! replays of the same message but not across reconnects that re-send a trade in another message;
+//! prefer v2, whose `trade_id` is Kraken's own per-book sequence.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use wick_core::{TakerSide, Timestamp};
+
+use super::{decimal, field, instrument_for, json, trade, Exchange, FeedMessage, ParseError};
+
+#[derive(Deserialize)]
+struct V2<'a> {
+    #[serde(default)]
+    channel: Option<&'a str>,
+    #[serde(default)]
+    method: Option<&'a str>,
+    #[serde(borrow, default)]
+    data: Vec<V2Trade<'a>>,
+}
+
+#[derive(Deserialize)]
+struct V2Trade<'a> {
+    symbol: &'a str,
+    side: &'a str,
+    #[serde(borrow)]
+    price: &'a RawValue,
+    #[serde(borrow)]
+    qty: &'a RawValue,
+    trade_id: u64,
+    timestamp: &'a str,
+}
+
+fn taker(side: &str) -> Result<TakerSide, ParseError> {
+    match side {
+        "buy" | "b" => Ok(TakerSide::Buy),
+        "sell" | "s" => Ok(TakerSide::Sell),
+        other => Err(field("side", format!("{other:?} is not buy or sell"))),
+    }
+}
+
+/// A JSON number (or string) taken from its raw text, never through `f64`.
+fn exact(name: &'static str, raw: &RawValue) -> Result<wick_core::Decimal, ParseError> {
+    decimal(name, raw.get().trim_matches('"'))
+}
+
+pub fn parse(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError> {
+    if text.trim_start().starts_with('[') {
+        return parse_v1(text, received);
+    }
+    let m: V2<'_> = json(text)?;
+    if m.method.is_some() {
+        return Ok(FeedMessage::Control("method response"));
+    }
+    match m.channel {
+        Some("trade") => {
+            let trades = m
+                .data
+                .iter()
+                .map(|t| {
+                    trade(
+                        instrument_for(Exchange::Kraken, t.symbol)?,
+                        t.trade_id,
+                        exact("price", t.price)?,
+                        exact("qty", t.qty)?,
+                        taker(t.side)?,
+                        Timestamp::parse_rfc3339(t.timestamp).map_err(|e| field("timestamp", e))?,
+                        received,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(FeedMessage::Trades(trades))
+        }
+        Some("heartbeat" | "status") => Ok(FeedMessage::Control("heartbeat or status")),
+        Some(other) => Err(ParseError::UnknownType(other.to_owned())),
+        None => Err(ParseError::UnknownType("message without a channel".into())),
+    }
+}
+
+/// `[channelID, [[price, volume, "sec.micros", side, orderType, misc], ...], "trade", "XBT/USD"]`.
+fn parse_v1(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError> {
+    let m: Vec<&RawValue> = json(text)?;
+    let kind: &str = m.get(m.len().saturating_sub(2)).and_then(|v| serde_json::from_str(v.get()).ok()).unwrap_or("");
+    if kind != "trade" {
+        return Err(ParseError::UnknownType(format!("v1 {kind}")));
+    }
+    let pair: &str = m.last().and_then(|v| serde_json::from_str(v.get()).ok()).ok_or_else(|| field("pair", "missing"))?;
+    let instrument = instrument_for(Exchange::Kraken, pair)?;
+    let rows: Vec<Vec<&str>> =
+        m.get(1).and_then(|v| serde_json::from_str(v.get()).ok()).ok_or_else(|| field("trades", "expected an array of string arrays"))?;
+    let trades = rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let [price, volume, time, side, ..] = row.as_slice() else {
+                return Err(field("trades", format!("trade {index} has {} fields, expected at least 4", row.len())));
+            };
+            let micros = seconds_to_micros(time)?;
+            let id = u64::try_from(micros).map_err(|_| field("time", "negative"))? * 1000 + index as u64;
+            trade(
+                instrument.clone(),
+                id,
+                decimal("price", price)?,
+                decimal("volume", volume)?,
+                taker(side)?,
+                Timestamp::from_micros(micros).map_err(|e| field("time", e))?,
+                received,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FeedMessage::Trades(trades))
+}
+
+/// `"1534614057.321597"` -> microseconds, exactly.
+fn seconds_to_micros(text: &str) -> Result<i64, ParseError> {
+    let d = decimal("time", text)?;
+    let scaled = d.rescaled(d.scale().max(6)).ok_or_else(|| field("time", format!("{text:?} out of range")))?;
+    let micros = scaled.coefficient() / 10i128.pow(u32::from(scaled.scale() - 6));
+    i64::try_from(micros).map_err(|_| field("time", format!("{text:?} out of range")))
+}
