@@ -1,0 +1,170 @@
+//! Typed configuration: defaults, then an optional YAML file, then `WICK__SECTION__KEY` environment
+//! variables (double underscores separate the levels; names are matched case-insensitively, values
+//! are read as YAML scalars so `10ms`, `16` and `true` work). Validation reports every problem at
+//! once.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml::{Mapping, Value};
+
+/// Checks a loaded configuration, returning every problem found (empty when valid).
+pub trait Validate {
+    fn validate(&self) -> Vec<String>;
+}
+
+/// The environment prefix of every override.
+pub const ENV_PREFIX: &str = "WICK__";
+
+/// Loads `T` from its defaults, the file at `path` (if any) and the process environment.
+pub fn load<T: DeserializeOwned + Serialize + Default + Validate>(path: Option<&Path>) -> Result<T> {
+    load_with_env(path, std::env::vars())
+}
+
+/// [`load`] with an explicit environment (for tests).
+pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T> {
+    let mut value = serde_yaml::to_value(T::default()).context("serializing the defaults")?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let file: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        merge(&mut value, file);
+    }
+    for (key, raw) in env {
+        let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let scalar: Value = if raw.trim().is_empty() {
+            Value::String(String::new())
+        } else {
+            serde_yaml::from_str(&raw).unwrap_or(Value::String(raw.clone()))
+        };
+        set(&mut value, &path, scalar).with_context(|| format!("applying {key}"))?;
+    }
+    let config: T = serde_yaml::from_value(value).context("invalid configuration")?;
+    let problems = config.validate();
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    Ok(config)
+}
+
+/// Overlays `over` onto `base`, mapping by mapping.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn set(value: &mut Value, path: &[String], scalar: Value) -> Result<()> {
+    let Some((first, rest)) = path.split_first() else { bail!("empty key") };
+    let Value::Mapping(map) = value else { bail!("{first} is not a section") };
+    // Match existing keys case-insensitively (`WICK__KAFKA__BROKERS` sets `kafka.brokers`).
+    let key = map
+        .keys()
+        .find(|k| k.as_str().is_some_and(|s| s.eq_ignore_ascii_case(first)))
+        .cloned()
+        .unwrap_or_else(|| Value::String(first.clone()));
+    if rest.is_empty() {
+        // A comma-separated value for a list setting becomes a list.
+        let scalar = match (map.get(&key), &scalar) {
+            (Some(Value::Sequence(_)), Value::String(s)) => {
+                Value::Sequence(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| Value::String(p.to_owned())).collect())
+            }
+            _ => scalar,
+        };
+        map.insert(key, scalar);
+        return Ok(());
+    }
+    let entry = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    set(entry, rest, scalar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Kafka {
+        brokers: Vec<String>,
+        linger: crate::duration::Duration,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Config {
+        kafka: Kafka,
+        partitions: i32,
+    }
+
+    impl Default for Kafka {
+        fn default() -> Kafka {
+            Kafka { brokers: vec!["127.0.0.1:9092".into()], linger: crate::duration::Duration::from_millis(10) }
+        }
+    }
+
+    impl Default for Config {
+        fn default() -> Config {
+            Config { kafka: Kafka::default(), partitions: 16 }
+        }
+    }
+
+    impl Validate for Config {
+        fn validate(&self) -> Vec<String> {
+            let mut problems = Vec::new();
+            if self.partitions < 1 {
+                problems.push(format!("partitions must be at least 1 (got {})", self.partitions));
+            }
+            if self.kafka.brokers.is_empty() {
+                problems.push("kafka.brokers must name at least one broker".into());
+            }
+            problems
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("wick-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "kafka:\n  linger: 25ms\npartitions: 8\n").unwrap();
+        let c: Config = load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        let c: Config =
+            load_with_env(Some(&file), env(&[("WICK__PARTITIONS", "4"), ("WICK__KAFKA__BROKERS", "a:1, b:2"), ("OTHER", "x")])).unwrap();
+        assert_eq!(c.partitions, 4);
+        assert_eq!(c.kafka.linger, crate::duration::Duration::from_millis(25));
+        assert_eq!(c.kafka.brokers, vec!["a:1".to_owned(), "b:2".to_owned()]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_with_env::<Config>(None, env(&[("WICK__PARTITIONS", "0"), ("WICK__KAFKA__BROKERS", "")])).unwrap_err().to_string();
+        assert!(err.contains("partitions must be at least 1") && err.contains("kafka.brokers must name"), "{err}");
+        let err = format!("{:#}", load_with_env::<Config>(None, env(&[("WICK__KAFKA__LINGER", "soon")])).unwrap_err());
+        assert!(err.contains("soon"), "{err}");
+        let err = format!("{:#}", load_with_env::<Config>(None, env(&[("WICK__KAFKA__NOPE", "1")])).unwrap_err());
+        assert!(err.contains("nope"), "{err}");
+        let err = format!("{:#}", load_with_env::<Config>(Some(Path::new("/nonexistent/wick.yaml")), env(&[])).unwrap_err());
+        assert!(err.contains("/nonexistent/wick.yaml"), "{err}");
+    }
+}
