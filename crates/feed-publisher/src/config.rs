@@ -1,0 +1,87 @@
+//! feed-publisher's configuration (YAML file, `WICK__SECTION__KEY` overrides). With no file it
+//! works against the stack of `cargo xtask stack up`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use wick_service::config::Validate;
+use wick_service::duration::Duration;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub producer: ProducerConfig,
+    pub ops: OpsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    pub market_events_topic: String,
+    pub dead_letter_topic: String,
+    /// How long requests retry before a broker outage fails the run.
+    pub request_deadline: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// How long a partition's first pending trade waits for company (the seed's `linger-ms: 10`).
+    pub linger: Duration,
+    /// A partition's request is sent once it holds about this many bytes.
+    pub max_request_bytes: usize,
+    /// `lz4` (the seed's) or `none`.
+    pub compression: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `/metrics`, `/health/livez`, `/health/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["127.0.0.1:9092".into()],
+            market_events_topic: "market-events".into(),
+            dead_letter_topic: "market-events-dlq".into(),
+            request_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig { linger: Duration::from_millis(10), max_request_bytes: 1 << 20, compression: "lz4".into() }
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9101)) }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.kafka.brokers.is_empty() {
+            problems.push("kafka.brokers must name at least one broker".into());
+        }
+        if self.kafka.market_events_topic.is_empty() || self.kafka.dead_letter_topic.is_empty() {
+            problems.push("kafka.market_events_topic and kafka.dead_letter_topic must not be empty".into());
+        }
+        if !matches!(self.producer.compression.as_str(), "lz4" | "none") {
+            problems.push(format!("producer.compression must be lz4 or none (got {:?})", self.producer.compression));
+        }
+        if self.producer.max_request_bytes < 1024 {
+            problems.push(format!("producer.max_request_bytes must be at least 1024 (got {})", self.producer.max_request_bytes));
+        }
+        problems
+    }
+}

@@ -1,0 +1,108 @@
+//! feed-publisher: publishes normalized trades to `market-events`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use feed_publisher::{config::Config, metrics::Metrics, run};
+use wick_core::{Clock, Instrument, SystemClock};
+
+/// Publishes normalized trades to the `market-events` topic, batched per instrument.
+///
+/// Configuration: the YAML file of `--config` (optional), every key overridable as
+/// `WICK__SECTION__KEY` (e.g. `WICK__KAFKA__BROKERS=host:9092`, `WICK__PRODUCER__LINGER=10ms`,
+/// `WICK__PRODUCER__COMPRESSION=none`, `WICK__OPS__LISTEN=127.0.0.1:9101`). Without any, it
+/// works against the stack of `cargo xtask stack up`. Metrics and health are served on
+/// `ops.listen` (default 127.0.0.1:9101): `/metrics`, `/health/livez`, `/health/readyz`.
+#[derive(Parser, Debug)]
+#[command(name = "feed-publisher", version)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Synthetic trades: random walks on realistic tick sizes, with bursts and quiet spells,
+    /// deterministic for a seed. Runs until Ctrl-C or --count.
+    Simulate {
+        /// Number of instruments (1 to 8), from SIM:BTC-USD onwards.
+        #[arg(long, default_value_t = 4)]
+        instruments: usize,
+        /// Total trades per second, across all instruments.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seed of the random walk.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many trades.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Replays history files in order and exits: Binance public-data trades or aggTrades CSV
+    /// (with or without a header; millisecond or microsecond times), or JSON lines of normalized
+    /// trades. Lines that cannot be parsed go to the dead-letter topic.
+    Replay {
+        /// Files to replay, one after another.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The instrument of CSV files (default: from the file name, BTCUSDT-... is BINANCE:BTC-USDT).
+        #[arg(long)]
+        instrument: Option<String>,
+        /// Replay at N times real time (default: as fast as possible).
+        #[arg(long)]
+        speed: Option<f64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    wick_service::init_telemetry();
+    let cli = Cli::parse();
+    let config: Config = wick_service::config::load(cli.config.as_deref())?;
+    let metrics = Metrics::new();
+    let readiness = wick_service::ops::Readiness::default();
+    let (trigger, shutdown) = wick_service::shutdown::channel();
+    let ops_shutdown = shutdown.clone();
+    let (ops_addr, ops) =
+        wick_service::ops::serve(
+            config.ops.listen,
+            metrics.registry.clone(),
+            readiness.clone(),
+            async move { ops_shutdown.requested().await },
+        )
+        .await?;
+    tracing::info!(%ops_addr, "operations endpoint up");
+    tokio::spawn(async move {
+        wick_service::shutdown::signal().await;
+        tracing::info!("shutdown requested: flushing");
+        trigger.trigger();
+    });
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let client = run::connect(&config).await?;
+    let producer = run::start_producer(&config, client, metrics.clone(), clock.clone()).await?;
+    readiness.set(true);
+    let summary = match cli.command {
+        Command::Simulate { instruments, rate, seed, count } => {
+            run::simulate(&producer, instruments, rate, seed, count, clock, &shutdown).await
+        }
+        Command::Replay { files, instrument, speed } => {
+            let instrument = instrument.map(|i| Instrument::new(&i)).transpose()?;
+            if speed.is_some_and(|s| s.is_nan() || s <= 0.0 || s.is_infinite()) {
+                anyhow::bail!("--speed must be a positive number");
+            }
+            run::replay(&producer, &files, instrument.as_ref(), speed, clock, &shutdown).await
+        }
+    };
+    let (summary, stats) = run::finish(producer, summary?).await?;
+    println!("{summary} ({} records in {} requests, {} dead letters)", stats.records, stats.requests, stats.dead_letters);
+    readiness.set(false);
+    drop(shutdown);
+    ops.abort();
+    Ok(())
+}

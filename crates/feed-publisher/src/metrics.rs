@@ -1,0 +1,106 @@
+//! feed-publisher's metrics, declared once; emitted per record batch, not per trade.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use wick_core::{Instrument, Timestamp, Trade};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    trades_published: IntCounterVec,
+    trades_per_record: Histogram,
+    pub records_per_request: Histogram,
+    pub produce_seconds: Histogram,
+    publish_delay_seconds: Histogram,
+    pub produce_errors: IntCounter,
+    pub dead_letters: IntCounter,
+    pub rejected: IntCounterVec,
+    pub duplicates: IntCounterVec,
+    pub gaps: IntCounterVec,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            trades_published: counter_vec(
+                "wick_feed_trades_published_total",
+                "Trades handed to the broker in records, by instrument and exchange.",
+                &["instrument", "exchange"],
+            ),
+            trades_per_record: histogram(
+                "wick_feed_trades_per_record",
+                "Trades per market-events record.",
+                prometheus::exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
+            ),
+            records_per_request: histogram(
+                "wick_feed_records_per_request",
+                "Records per produce request.",
+                prometheus::exponential_buckets(1.0, 2.0, 10).unwrap_or_default(),
+            ),
+            produce_seconds: histogram(
+                "wick_feed_produce_seconds",
+                "Duration of one produce request.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
+            ),
+            publish_delay_seconds: histogram(
+                "wick_feed_exchange_to_publish_delay_seconds",
+                "Event time to hand-off to the producer, oldest trade of each record.",
+                prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default(),
+            ),
+            produce_errors: IntCounter::new("wick_feed_produce_errors_total", "Produce requests that failed after retries.")
+                .unwrap_or_else(|e| panic!("{e}")),
+            dead_letters: IntCounter::new("wick_feed_dead_letters_total", "Records written to the dead-letter topic.")
+                .unwrap_or_else(|e| panic!("{e}")),
+            rejected: counter_vec(
+                "wick_feed_rejected_total",
+                "Inputs that could not be parsed, by source and reason.",
+                &["source", "reason"],
+            ),
+            duplicates: counter_vec(
+                "wick_feed_duplicates_total",
+                "Trades dropped as duplicates (e.g. after a reconnect), by exchange.",
+                &["exchange"],
+            ),
+            gaps: counter_vec("wick_feed_sequence_gaps_total", "Gaps in an exchange's trade sequence, by exchange.", &["exchange"]),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.trades_published.clone()),
+            Box::new(m.trades_per_record.clone()),
+            Box::new(m.records_per_request.clone()),
+            Box::new(m.produce_seconds.clone()),
+            Box::new(m.publish_delay_seconds.clone()),
+            Box::new(m.produce_errors.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.rejected.clone()),
+            Box::new(m.duplicates.clone()),
+            Box::new(m.gaps.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
+        }
+        m
+    }
+
+    /// One record's worth of trades of one instrument.
+    pub fn observe_batch(&self, instrument: &Instrument, trades: &[Trade], now: Timestamp) {
+        self.trades_published.with_label_values(&[instrument.as_str(), instrument.exchange()]).inc_by(trades.len() as u64);
+        self.trades_per_record.observe(trades.len() as f64);
+        if let Some(oldest) = trades.iter().map(Trade::event_time).min() {
+            self.publish_delay_seconds.observe((now.as_micros() - oldest.as_micros()).max(0) as f64 / 1e6);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,182 @@
+//! The `replay` and `simulate` commands, as functions the binary and the tests call.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rskafka::client::partition::Compression;
+use rskafka::client::Client;
+use wick_core::{Clock, Instrument, Timestamp};
+use wick_service::shutdown::Shutdown;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::producer::{DeadLetter, Producer, ProducerSettings, ProducerStats};
+use crate::replay::{self, ReplayFormat};
+use crate::simulate::Simulator;
+
+/// The end-of-run summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Trades (or lines) read.
+    pub read: u64,
+    /// Trades handed to the broker and acknowledged.
+    pub published: u64,
+    /// Inputs refused (sent to the dead-letter topic).
+    pub rejected: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "read {}, published {}, rejected {}", self.read, self.published, self.rejected)
+    }
+}
+
+pub async fn connect(config: &Config) -> Result<Arc<Client>> {
+    let client = wick_kafka::connect(&config.kafka.brokers, config.kafka.request_deadline.get()).await?;
+    Ok(Arc::new(client))
+}
+
+pub async fn start_producer(config: &Config, client: Arc<Client>, metrics: Metrics, clock: Arc<dyn Clock>) -> Result<Producer> {
+    let settings = ProducerSettings {
+        topic: config.kafka.market_events_topic.clone(),
+        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+        linger: config.producer.linger.get(),
+        max_request_bytes: config.producer.max_request_bytes,
+        compression: match config.producer.compression.as_str() {
+            "lz4" => Compression::Lz4,
+            _ => Compression::NoCompression,
+        },
+    };
+    Producer::start(client, settings, metrics, clock).await
+}
+
+/// A history file, checked before anything is published.
+struct ReplayFile {
+    path: PathBuf,
+    format: ReplayFormat,
+    instrument: Option<Instrument>,
+}
+
+fn open_file(path: &Path, instrument: Option<&Instrument>) -> Result<ReplayFile> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut first = String::new();
+    BufReader::new(file).read_line(&mut first).with_context(|| format!("reading {}", path.display()))?;
+    let format = replay::detect(path, &first)?;
+    let instrument = match (format, instrument) {
+        (ReplayFormat::JsonLines, _) => None,
+        (_, Some(i)) => Some(i.clone()),
+        (_, None) => Some(replay::instrument_from_file_name(path)?),
+    };
+    Ok(ReplayFile { path: path.to_owned(), format, instrument })
+}
+
+/// Replays history files in order: as fast as possible, or at `speed` times real time.
+pub async fn replay(
+    producer: &Producer,
+    files: &[PathBuf],
+    instrument: Option<&Instrument>,
+    speed: Option<f64>,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+) -> Result<Summary> {
+    if files.is_empty() {
+        bail!("replay needs at least one file");
+    }
+    // Every file must exist and be recognizable before the first trade goes out.
+    let files = files.iter().map(|p| open_file(p, instrument)).collect::<Result<Vec<_>>>()?;
+    let mut summary = Summary::default();
+    let progress = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now();
+    // Pacing: the first trade's event time is replayed at the wall time the replay started.
+    let mut pace: Option<(i64, Instant)> = None;
+    for file in &files {
+        let reader = BufReader::new(std::fs::File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?);
+        let placeholder = Instrument::new("REPLAY:UNKNOWN-UNKNOWN")?;
+        let instrument = file.instrument.as_ref().unwrap_or(&placeholder);
+        for (index, line) in reader.split(b'\n').enumerate() {
+            if shutdown.is_requested() {
+                return Ok(summary);
+            }
+            let line = line.with_context(|| format!("reading {}", file.path.display()))?;
+            let text = String::from_utf8_lossy(&line);
+            let parsed = replay::parse_line(file.format, &text, instrument, clock.now());
+            match parsed {
+                Ok(None) => continue,
+                Ok(Some(trade)) => {
+                    summary.read += 1;
+                    if let Some(speed) = speed {
+                        let event = trade.event_time().as_micros();
+                        let (first_event, started) = *pace.get_or_insert((event, Instant::now()));
+                        let due = Duration::from_micros(((event - first_event).max(0) as f64 / speed) as u64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    producer.publish(trade).await?;
+                }
+                Err(e) => {
+                    summary.read += 1;
+                    summary.rejected += 1;
+                    let source = format!("replay:{}:{}", file.path.display(), index + 1);
+                    producer.dead_letter(DeadLetter { raw: line.clone(), reason: e.to_string(), source }).await?;
+                }
+            }
+            if progress && last_progress.elapsed() > Duration::from_millis(500) {
+                last_progress = Instant::now();
+                let mut err = std::io::stderr();
+                let _ = write!(err, "\r{}: {} trades read, {} rejected ", file.path.display(), summary.read, summary.rejected);
+                let _ = err.flush();
+            }
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    producer.flush().await?;
+    Ok(summary)
+}
+
+/// Simulates `rate` trades per second over `instruments` until `count` trades (if given) or
+/// shutdown. Trades carry the clock's time; steps are 10 ms.
+pub async fn simulate(
+    producer: &Producer,
+    instruments: usize,
+    rate: f64,
+    seed: u64,
+    count: Option<u64>,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+) -> Result<Summary> {
+    let mut sim = Simulator::new(instruments, seed).map_err(anyhow::Error::msg)?;
+    let mut summary = Summary::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.requested() => break,
+        }
+        let n = sim.step_size(rate / 100.0);
+        let now: Timestamp = clock.now();
+        for _ in 0..n {
+            if count.is_some_and(|c| summary.read >= c) {
+                producer.flush().await?;
+                return Ok(summary);
+            }
+            producer.publish(sim.trade(now)).await?;
+            summary.read += 1;
+        }
+    }
+    producer.flush().await?;
+    Ok(summary)
+}
+
+/// Closes the producer and completes the summary with what the broker acknowledged.
+pub async fn finish(producer: Producer, mut summary: Summary) -> Result<(Summary, ProducerStats)> {
+    let stats = producer.close().await?;
+    summary.published = stats.trades;
+    Ok((summary, stats))
+}

@@ -1,0 +1,157 @@
+//! feed-publisher against the real broker: replay and simulate publish exactly the trades they
+//! read, batched per instrument on the partition Kafka's partitioner picks, and refuse bad input
+//! loudly (dead letters for bad lines, an error before publishing for a bad file).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_publisher::{config::Config, metrics::Metrics, partitioner::partition_for, run};
+use wick_core::{Clock, Instrument, SystemClock, Trade};
+
+struct Topics {
+    market: String,
+    dead_letters: String,
+    config: Config,
+}
+
+async fn topics() -> Topics {
+    let client = wick_test_support::kafka().await;
+    let market = wick_test_support::topic(&client, "market-events", 16).await;
+    let dead_letters = wick_test_support::topic(&client, "market-events-dlq", 1).await;
+    let mut config = Config::default();
+    config.kafka.brokers = vec![wick_test_support::broker_address()];
+    config.kafka.market_events_topic = market.clone();
+    config.kafka.dead_letter_topic = dead_letters.clone();
+    config.producer.linger = wick_service::duration::Duration::from_millis(5);
+    Topics { market, dead_letters, config }
+}
+
+/// Every trade on the topic, by instrument in offset order, checking keys and partitions.
+async fn read_trades(topic: &str) -> BTreeMap<String, Vec<Trade>> {
+    let client = wick_test_support::kafka().await;
+    let mut out: BTreeMap<String, Vec<Trade>> = BTreeMap::new();
+    for p in 0..16 {
+        let partition = wick_test_support::partition(&client, topic, p).await;
+        let (records, _) = wick_test_support::read_to_end(&partition, 0, Duration::from_secs(20)).await.unwrap();
+        for r in records {
+            let key = String::from_utf8(r.record.key.clone().unwrap()).unwrap();
+            assert_eq!(partition_for(key.as_bytes(), 16), p, "{key} is on Kafka's partition for its key");
+            assert_eq!(r.record.headers.get("content-type").map(Vec::as_slice), Some(&b"application/x-protobuf"[..]));
+            let (instrument, trades) = wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap();
+            assert_eq!(instrument.as_str(), key);
+            out.entry(key).or_default().extend(trades);
+        }
+    }
+    out
+}
+
+fn temp_file(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(wick_test_support::unique_name("wick-replay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn replay_publishes_every_good_line_in_order_and_dead_letters_the_bad_ones() {
+    let t = topics().await;
+    let mut csv = String::from("id,price,qty,quote_qty,time,is_buyer_maker,is_best_match\n");
+    for i in 0..500u64 {
+        let price = if i == 99 { "abc".to_owned() } else { format!("63250.{:02}", i % 100) };
+        csv.push_str(&format!(
+            "{},{price},0.00{:03},1,{},{},True\n",
+            1000 + i,
+            i % 1000 + 1,
+            1_758_412_800_000 + i * 10,
+            if i % 3 == 0 { "True" } else { "False" }
+        ));
+    }
+    let csv_path = temp_file("BTCUSDT-trades-2026-09-21.csv", &csv);
+    let jsonl: String = (0..3)
+        .map(|i| format!("{{\"instrument\":\"COINBASE:BTC-USD\",\"trade_id\":{i},\"price\":\"400.0{i}\",\"quantity\":\"1\",\"side\":\"sell\",\"event_time\":{}}}\n", 1_700_000_000_000_000i64 + i))
+        .collect();
+    let json_path = temp_file("more.jsonl", &jsonl);
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let client = run::connect(&t.config).await.unwrap();
+    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
+    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let summary = run::replay(&producer, &[csv_path.clone(), json_path], None, None, clock, &shutdown).await.unwrap();
+    let (summary, stats) = run::finish(producer, summary).await.unwrap();
+    assert_eq!((summary.read, summary.published, summary.rejected), (503, 502, 1));
+    assert!(stats.records < 100, "trades are batched into few records ({} records)", stats.records);
+
+    let published = read_trades(&t.market).await;
+    let btc = &published["BINANCE:BTC-USDT"];
+    let ids: Vec<u64> = btc.iter().map(Trade::trade_id).collect();
+    assert_eq!(ids, (1000..1500).filter(|i| *i != 1099).collect::<Vec<_>>(), "every good line, in file order");
+    assert_eq!(btc[0].price().to_string(), "63250.00");
+    assert_eq!(btc[0].side(), wick_core::TakerSide::Sell);
+    assert_eq!(btc[1].side(), wick_core::TakerSide::Buy);
+    assert_eq!(published["COINBASE:BTC-USD"].len(), 3);
+
+    let client = wick_test_support::kafka().await;
+    let dlq = wick_test_support::partition(&client, &t.dead_letters, 0).await;
+    let (letters, _) = wick_test_support::read_to_end(&dlq, 0, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let headers = &letters[0].record.headers;
+    assert!(String::from_utf8_lossy(&headers["reason"]).starts_with("price:"), "{headers:?}");
+    assert_eq!(String::from_utf8_lossy(&headers["source"]), format!("replay:{}:101", csv_path.display()));
+    assert!(String::from_utf8_lossy(letters[0].record.value.as_deref().unwrap()).starts_with("1099,abc,"));
+}
+
+#[tokio::test]
+async fn a_missing_or_unrecognizable_file_fails_before_anything_is_published() {
+    let t = topics().await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let client = run::connect(&t.config).await.unwrap();
+    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
+    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let good = temp_file("BTCUSDT-trades-2026-09-21.csv", "1,1.0,1.0,1.0,1758412800000,True,True\n");
+    let missing = PathBuf::from("/nonexistent/BTCUSDT-trades.csv");
+    let err = run::replay(&producer, &[good.clone(), missing], None, None, clock.clone(), &shutdown).await.unwrap_err();
+    assert!(format!("{err:#}").contains("cannot open /nonexistent/BTCUSDT-trades.csv"), "{err:#}");
+    let garbage = temp_file("notes.txt", "hello there\n");
+    let err = run::replay(&producer, &[good, garbage], None, None, clock, &shutdown).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no recognizable format"), "{err:#}");
+    let (_, stats) = run::finish(producer, run::Summary::default()).await.unwrap();
+    assert_eq!(stats.trades, 0);
+    assert!(read_trades(&t.market).await.is_empty());
+}
+
+#[tokio::test]
+async fn simulate_publishes_exactly_the_count_asked_for() {
+    let t = topics().await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let client = run::connect(&t.config).await.unwrap();
+    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
+    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let summary = run::simulate(&producer, 3, 200_000.0, 42, Some(2_000), clock, &shutdown).await.unwrap();
+    let (summary, _) = run::finish(producer, summary).await.unwrap();
+    assert_eq!((summary.read, summary.published), (2_000, 2_000));
+    let published = read_trades(&t.market).await;
+    assert_eq!(published.len(), 3);
+    assert_eq!(published.values().map(Vec::len).sum::<usize>(), 2_000);
+    for trades in published.values() {
+        let ids: Vec<u64> = trades.iter().map(Trade::trade_id).collect();
+        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "per-instrument order is kept");
+    }
+    let _ = Instrument::new("SIM:BTC-USD").unwrap();
+}
+
+#[test]
+fn help_documents_every_subcommand_and_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["simulate", "replay", "--config", "WICK__SECTION__KEY"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).args(["replay", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--instrument", "--speed", "FILES"] {
+        assert!(help.contains(needle), "replay --help lacks {needle}:\n{help}");
+    }
+}
