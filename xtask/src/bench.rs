@@ -20,22 +20,31 @@ const RING_IMPLS: [(&str, &str); 6] = [
     ("std_sync_channel", "`std::sync::mpsc::sync_channel`"),
 ];
 
+const SECTIONS: [&str; 4] = ["aggregate", "ring", "broker", "feed"];
+
 pub fn run_bench(args: &[String]) -> Result<()> {
-    // `--report` rewrites the document from the last run's results without measuring again.
-    let measure = match args.first().map(String::as_str) {
-        None => true,
-        Some("--report") => false,
-        Some(other) => bail!("usage: cargo xtask bench [--report] (got {other:?})"),
+    // `--report` rewrites the document from the last results without measuring; naming sections
+    // measures only those (the document is still written whole, from the latest results of each).
+    let (report_only, sections): (bool, Vec<&str>) = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => (false, SECTIONS.to_vec()),
+        ["--report"] => (true, Vec::new()),
+        named if named.iter().all(|n| SECTIONS.contains(n)) => (false, named.to_vec()),
+        other => bail!("usage: cargo xtask bench [--report | SECTION...] with sections {SECTIONS:?} (got {other:?})"),
     };
     let root = root();
     let criterion = root.join("target/criterion");
-    if measure {
-        for group in ["ring", "aggregate", "broker"] {
+    if !report_only {
+        for group in sections.iter().filter(|s| **s != "feed") {
             let _ = fs::remove_dir_all(criterion.join(group));
         }
-        run(cargo().args(["bench", "-p", "wick-core", "--bench", "aggregate"]))?;
-        run(cargo().args(["bench", "-p", "wick-core", "--bench", "ring"]))?;
-        broker_benches()?;
+        for section in &sections {
+            match *section {
+                "aggregate" => run(cargo().args(["bench", "-p", "wick-core", "--bench", "aggregate"]))?,
+                "ring" => run(cargo().args(["bench", "-p", "wick-core", "--bench", "ring"]))?,
+                "broker" => broker_benches()?,
+                _ => crate::bench_feed::measure()?,
+            }
+        }
     }
 
     let mut md = String::new();
@@ -52,6 +61,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     aggregate_section(&mut md, &criterion)?;
     ring_section(&mut md, &criterion)?;
     broker_section(&mut md, &criterion)?;
+    crate::bench_feed::section(&mut md)?;
     let path = root.join("docs/BENCHMARKS.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;

@@ -2,6 +2,7 @@
 //! (writes `docs/BENCHMARKS.md`).
 
 mod bench;
+mod bench_feed;
 mod ci;
 mod stack;
 mod util;
@@ -14,7 +15,7 @@ cargo xtask <command>
 Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
-  bench   run the benchmarks and write docs/BENCHMARKS.md (--report: rewrite it from the last run)
+  bench   [--report | aggregate ring broker feed]: run the benchmarks, write docs/BENCHMARKS.md
 ";
 
 fn main() -> Result<()> {

@@ -86,19 +86,24 @@ pub fn parse_line(format: ReplayFormat, line: &str, instrument: &Instrument, rec
             wick_wire::decode_json_trade(line.as_bytes(), received).map(Some).map_err(|e| exchange::field("line", e))
         }
         ReplayFormat::BinanceTrades | ReplayFormat::BinanceAggTrades => {
-            let f: Vec<&str> = line.split(',').collect();
-            if !f[0].trim().starts_with(|c: char| c.is_ascii_digit()) {
+            let mut fields = [""; 8];
+            let mut count = 0;
+            for f in line.split(',') {
+                if count < fields.len() {
+                    fields[count] = f;
+                }
+                count += 1;
+            }
+            if !fields[0].trim().starts_with(|c: char| c.is_ascii_digit()) {
                 return Ok(None); // header
             }
-            let (id, price, qty, t, maker) = match (format, f.as_slice()) {
-                (ReplayFormat::BinanceTrades, [id, price, qty, _quote, t, maker, _best]) => (id, price, qty, t, maker),
-                (ReplayFormat::BinanceAggTrades, [id, price, qty, _first, _last, t, maker, _best]) => (id, price, qty, t, maker),
-                _ => {
-                    return Err(exchange::field(
-                        "line",
-                        format!("{} fields, expected {}", f.len(), if format == ReplayFormat::BinanceTrades { 7 } else { 8 }),
-                    ))
-                }
+            let expected = if format == ReplayFormat::BinanceTrades { 7 } else { 8 };
+            if count != expected {
+                return Err(exchange::field("line", format!("{count} fields, expected {expected}")));
+            }
+            let (id, price, qty, t, maker) = match format {
+                ReplayFormat::BinanceTrades => (fields[0], fields[1], fields[2], fields[4], fields[5]),
+                _ => (fields[0], fields[1], fields[2], fields[5], fields[6]),
             };
             let id: u64 = id.trim().parse().map_err(|_| exchange::field("id", format!("{id:?} is not an integer")))?;
             exchange::trade(

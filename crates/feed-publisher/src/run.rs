@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rskafka::client::partition::Compression;
 use rskafka::client::Client;
-use wick_core::{Clock, Instrument, Timestamp};
+use wick_core::{Clock, Instrument, Timestamp, Trade};
 use wick_service::shutdown::Shutdown;
 
 use crate::config::Config;
@@ -92,18 +92,26 @@ pub async fn replay(
     let mut last_progress = Instant::now();
     // Pacing: the first trade's event time is replayed at the wall time the replay started.
     let mut pace: Option<(i64, Instant)> = None;
+    // Trades go to the producer in chunks: one hand-off per chunk, one clock read per chunk.
+    const CHUNK: usize = 1024;
+    let mut chunk: Vec<Trade> = Vec::with_capacity(CHUNK);
+    let mut received = clock.now();
     for file in &files {
         let reader = BufReader::new(std::fs::File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?);
         let placeholder = Instrument::new("REPLAY:UNKNOWN-UNKNOWN")?;
         let instrument = file.instrument.as_ref().unwrap_or(&placeholder);
         for (index, line) in reader.split(b'\n').enumerate() {
-            if shutdown.is_requested() {
-                return Ok(summary);
+            if index % CHUNK == 0 {
+                if shutdown.is_requested() {
+                    producer.publish_many(std::mem::take(&mut chunk)).await?;
+                    producer.flush().await?;
+                    return Ok(summary);
+                }
+                received = clock.now();
             }
             let line = line.with_context(|| format!("reading {}", file.path.display()))?;
             let text = String::from_utf8_lossy(&line);
-            let parsed = replay::parse_line(file.format, &text, instrument, clock.now());
-            match parsed {
+            match replay::parse_line(file.format, &text, instrument, received) {
                 Ok(None) => continue,
                 Ok(Some(trade)) => {
                     summary.read += 1;
@@ -112,10 +120,14 @@ pub async fn replay(
                         let (first_event, started) = *pace.get_or_insert((event, Instant::now()));
                         let due = Duration::from_micros(((event - first_event).max(0) as f64 / speed) as u64);
                         if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            producer.publish_many(std::mem::take(&mut chunk)).await?;
                             tokio::time::sleep(wait).await;
                         }
                     }
-                    producer.publish(trade).await?;
+                    chunk.push(trade);
+                    if chunk.len() == CHUNK {
+                        producer.publish_many(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).await?;
+                    }
                 }
                 Err(e) => {
                     summary.read += 1;
@@ -124,13 +136,14 @@ pub async fn replay(
                     producer.dead_letter(DeadLetter { raw: line.clone(), reason: e.to_string(), source }).await?;
                 }
             }
-            if progress && last_progress.elapsed() > Duration::from_millis(500) {
+            if progress && index % CHUNK == 0 && last_progress.elapsed() > Duration::from_millis(500) {
                 last_progress = Instant::now();
                 let mut err = std::io::stderr();
                 let _ = write!(err, "\r{}: {} trades read, {} rejected ", file.path.display(), summary.read, summary.rejected);
                 let _ = err.flush();
             }
         }
+        producer.publish_many(std::mem::take(&mut chunk)).await?;
     }
     if progress {
         eprintln!();
