@@ -4,12 +4,12 @@
 //! - [`producer`]: trades batched per instrument into records and per partition into requests, with
 //!   linger, size limit, lz4, bounded memory and a dead-letter path; [`partitioner`]: Kafka's murmur2.
 //! - [`run`]: the `simulate` ([`simulate`]) and `replay` ([`replay`]) commands.
-//! - [`exchange`]: the exchanges' message parsers and symbol mapping. The live WebSocket sessions
-//!   (subscribe, keep alive, reconnect, de-duplicate, count gaps) are not built yet, and neither is
-//!   the `live` command.
+//! - [`live`]: the `live` command's WebSocket sessions (subscribe, keep alive, reconnect with
+//!   backoff, de-duplicate, count gaps) over [`exchange`]'s message parsers and symbol mapping.
 
 pub mod config;
 pub mod exchange;
+pub mod live;
 pub mod metrics;
 pub mod partitioner;
 pub mod producer;

@@ -43,6 +43,20 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Live trades from an exchange's public WebSocket feed, until Ctrl-C: Binance `trade`,
+    /// Coinbase Exchange `matches` (with heartbeats for gap detection), Kraken v2 `trade`.
+    /// Reconnects with backoff and drops the duplicates a reconnect re-sends.
+    Live {
+        /// binance, coinbase or kraken.
+        #[arg(long)]
+        exchange: feed_publisher::exchange::Exchange,
+        /// The exchange's own symbols: BTCUSDT (Binance), BTC-USD (Coinbase), BTC/USD (Kraken).
+        #[arg(long, num_args = 1.., value_delimiter = ',', required = true)]
+        symbols: Vec<String>,
+        /// Another WebSocket URL than the exchange's public feed (a proxy or a recorded feed).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Replays history files in order and exits: Binance public-data trades or aggTrades CSV
     /// (with or without a header; millisecond or microsecond times), or JSON lines of normalized
     /// trades. Lines that cannot be parsed go to the dead-letter topic.
@@ -90,6 +104,16 @@ async fn main() -> Result<()> {
     let summary = match cli.command {
         Command::Simulate { instruments, rate, seed, count } => {
             run::simulate(&producer, instruments, rate, seed, count, clock, &shutdown).await
+        }
+        Command::Live { exchange, symbols, url } => {
+            let settings = feed_publisher::live::LiveSettings {
+                exchange,
+                url: url.unwrap_or_else(|| feed_publisher::live::default_url(exchange, &symbols)),
+                symbols,
+                min_backoff: std::time::Duration::from_millis(250),
+                max_backoff: std::time::Duration::from_secs(30),
+            };
+            feed_publisher::live::run(&settings, &producer, &metrics, clock, &shutdown).await
         }
         Command::Replay { files, instrument, speed } => {
             let instrument = instrument.map(|i| Instrument::new(&i)).transpose()?;

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub duplicates: IntCounterVec,
     pub gaps: IntCounterVec,
+    pub reconnects: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -69,7 +70,16 @@ impl Metrics {
                 "Trades dropped as duplicates (e.g. after a reconnect), by exchange.",
                 &["exchange"],
             ),
-            gaps: counter_vec("wick_feed_sequence_gaps_total", "Gaps in an exchange's trade sequence, by exchange.", &["exchange"]),
+            gaps: counter_vec(
+                "wick_feed_sequence_gaps_total",
+                "Trade ids missing from an exchange's sequence, by exchange.",
+                &["exchange"],
+            ),
+            reconnects: counter_vec(
+                "wick_feed_reconnects_total",
+                "WebSocket reconnects (and failed connects), by exchange.",
+                &["exchange"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.trades_published.clone()),
@@ -82,11 +92,17 @@ impl Metrics {
             Box::new(m.rejected.clone()),
             Box::new(m.duplicates.clone()),
             Box::new(m.gaps.clone()),
+            Box::new(m.reconnects.clone()),
         ];
         for c in collectors {
             m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
         }
         m
+    }
+
+    /// Inputs refused from `source`, over every reason.
+    pub fn rejected_total(&self, source: &str) -> u64 {
+        ["malformed", "unknown_type", "invalid_field"].iter().map(|r| self.rejected.with_label_values(&[source, r]).get()).sum()
     }
 
     /// One record's worth of trades of one instrument.

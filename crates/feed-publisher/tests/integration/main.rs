@@ -2,4 +2,5 @@
 //! against the real broker.
 
 mod exchanges;
+mod live;
 mod publisher;

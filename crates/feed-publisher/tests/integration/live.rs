@@ -1,0 +1,151 @@
+//! Live sessions against a local WebSocket server replaying the exchanges' documented payloads:
+//! subscription, a disconnect mid-stream, a duplicate after the reconnect, a malformed frame, an
+//! unknown message type, and sequence gaps, end to end into the real broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use wick_core::{Clock, SystemClock};
+
+use feed_publisher::exchange::Exchange;
+use feed_publisher::live::{self, LiveSettings};
+use feed_publisher::metrics::Metrics;
+use feed_publisher::run;
+
+/// One step of a scripted connection.
+enum Step {
+    Send(String),
+    /// Drop the connection without a close frame.
+    Disconnect,
+}
+
+/// Serves `script[i]` to the i-th connection (after reading its subscription message); the last
+/// connection stays open afterwards. Returns the URL and the subscriptions received.
+async fn fixture_server(script: Vec<Vec<Step>>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let subscriptions = Arc::new(Mutex::new(Vec::new()));
+    let seen = subscriptions.clone();
+    tokio::spawn(async move {
+        for steps in script {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            if let Some(Ok(Message::Text(sub))) = ws.next().await {
+                seen.lock().await.push(sub.as_str().to_owned());
+            }
+            let mut dropped = false;
+            for step in steps {
+                match step {
+                    Step::Send(text) => ws.send(Message::text(text)).await.unwrap(),
+                    Step::Disconnect => {
+                        dropped = true;
+                        break;
+                    }
+                }
+            }
+            if !dropped {
+                // Keep the last connection open until the client goes away.
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }
+    });
+    (url, subscriptions)
+}
+
+fn coinbase_match(kind: &str, id: u64, price: &str, maker_side: &str) -> String {
+    format!(
+        r#"{{"type":"{kind}","trade_id":{id},"sequence":{},"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2014-11-07T08:19:{:02}.028459Z","product_id":"BTC-USD","size":"5.23512","price":"{price}","side":"{maker_side}"}}"#,
+        40 + id,
+        id
+    )
+}
+
+#[tokio::test]
+async fn coinbase_session_survives_disconnects_and_bad_frames_and_loses_nothing() {
+    let client = wick_test_support::kafka().await;
+    let market = wick_test_support::topic(&client, "market-events", 16).await;
+    let dead_letters = wick_test_support::topic(&client, "market-events-dlq", 1).await;
+    let (url, subscriptions) = fixture_server(vec![
+        vec![
+            Step::Send(r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD"]}]}"#.into()),
+            Step::Send(coinbase_match("last_match", 9, "400.00", "buy")),
+            Step::Send(coinbase_match("match", 10, "400.23", "sell")),
+            Step::Disconnect,
+        ],
+        vec![
+            Step::Send(coinbase_match("match", 10, "400.23", "sell")), // re-sent after the reconnect
+            Step::Send("{\"type\":\"match\",\"trade_id\":".into()),    // malformed
+            Step::Send(r#"{"type":"l2update","product_id":"BTC-USD","changes":[]}"#.into()), // unknown type
+            Step::Send(coinbase_match("match", 12, "401.00", "buy")),  // 11 never arrives
+            Step::Send(
+                r#"{"type":"heartbeat","sequence":90,"last_trade_id":13,"product_id":"BTC-USD","time":"2014-11-07T08:19:28.464459Z"}"#
+                    .into(),
+            ),
+        ],
+    ])
+    .await;
+
+    let mut config = feed_publisher::config::Config::default();
+    config.kafka.brokers = vec![wick_test_support::broker_address()];
+    config.kafka.market_events_topic = market.clone();
+    config.kafka.dead_letter_topic = dead_letters.clone();
+    let metrics = Metrics::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let producer = run::start_producer(&config, run::connect(&config).await.unwrap(), metrics.clone(), clock.clone()).await.unwrap();
+    let settings = LiveSettings {
+        exchange: Exchange::Coinbase,
+        symbols: vec!["BTC-USD".into()],
+        url,
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+    };
+    let (trigger, shutdown) = wick_service::shutdown::channel();
+    let session = {
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let summary = live::run(&settings, &producer, &metrics, clock, &shutdown).await;
+            (summary, producer)
+        })
+    };
+    let gauge = |c: &prometheus::IntCounterVec| c.with_label_values(&["coinbase"]).get();
+    wick_test_support::wait_until("the session has seen every frame", Duration::from_secs(20), || {
+        let done = gauge(&metrics.gaps) == 2 && metrics.rejected_total("coinbase") == 2;
+        async move { done }
+    })
+    .await
+    .unwrap();
+    trigger.trigger();
+    let (summary, producer) = session.await.unwrap();
+    let summary = summary.unwrap();
+    let (summary, stats) = run::finish(producer, summary).await.unwrap();
+    assert_eq!((summary.read, summary.rejected), (6, 2), "{summary}: 4 trades (one a duplicate) and 2 refused frames");
+    assert_eq!(stats.trades, 3);
+    assert_eq!(gauge(&metrics.duplicates), 1);
+    assert_eq!(gauge(&metrics.gaps), 2, "trade 11 skipped, and the heartbeat's 13 never arrived");
+
+    // The subscription was sent again after the reconnect.
+    let subs = subscriptions.lock().await.clone();
+    assert_eq!(subs.len(), 2);
+    assert!(subs.iter().all(|s| s.contains("\"matches\"") && s.contains("BTC-USD")), "{subs:?}");
+
+    let key = "COINBASE:BTC-USD";
+    let p = wick_test_support::partition(&client, &market, feed_publisher::partitioner::partition_for(key.as_bytes(), 16)).await;
+    let (records, _) = wick_test_support::read_to_end(&p, 0, Duration::from_secs(10)).await.unwrap();
+    let trades: Vec<_> =
+        records.iter().flat_map(|r| wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap().1).collect();
+    let summary: Vec<(u64, String, wick_core::TakerSide)> =
+        trades.iter().map(|t| (t.trade_id(), t.price().to_string(), t.side())).collect();
+    use wick_core::TakerSide::{Buy, Sell};
+    assert_eq!(summary, vec![(9, "400.00".into(), Sell), (10, "400.23".into(), Buy), (12, "401.00".into(), Sell)]);
+
+    let dlq = wick_test_support::partition(&client, &dead_letters, 0).await;
+    let (letters, _) = wick_test_support::read_to_end(&dlq, 0, Duration::from_secs(10)).await.unwrap();
+    let reasons: Vec<String> = letters.iter().map(|l| String::from_utf8_lossy(&l.record.headers["reason"]).into_owned()).collect();
+    assert_eq!(letters.len(), 2, "{reasons:?}");
+    assert!(reasons[0].starts_with("malformed JSON"), "{reasons:?}");
+    assert_eq!(reasons[1], "unknown message type \"l2update\"");
+    assert_eq!(letters[1].record.value.as_deref(), Some(&br#"{"type":"l2update","product_id":"BTC-USD","changes":[]}"#[..]));
+}
