@@ -33,6 +33,8 @@ pub struct LiveSettings {
     /// The first reconnect waits this long, doubling up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A connection silent for this long (no trade, heartbeat or ping) is considered dead.
+    pub idle_timeout: Duration,
 }
 
 /// The public feed of each exchange.
@@ -146,7 +148,13 @@ pub async fn run(
         }
         loop {
             let next = tokio::select! {
-                m = socket.next() => m,
+                m = tokio::time::timeout(settings.idle_timeout, socket.next()) => match m {
+                    Ok(m) => m,
+                    Err(_) => {
+                        tracing::warn!(exchange = %name, timeout = ?settings.idle_timeout, "connection silent; reconnecting");
+                        break;
+                    }
+                },
                 _ = shutdown.requested() => {
                     let _ = socket.close(None).await;
                     return Ok(summary);

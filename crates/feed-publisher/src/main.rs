@@ -112,6 +112,7 @@ async fn main() -> Result<()> {
                 symbols,
                 min_backoff: std::time::Duration::from_millis(250),
                 max_backoff: std::time::Duration::from_secs(30),
+                idle_timeout: std::time::Duration::from_secs(30),
             };
             feed_publisher::live::run(&settings, &producer, &metrics, clock, &shutdown).await
         }

@@ -101,6 +101,7 @@ async fn coinbase_session_survives_disconnects_and_bad_frames_and_loses_nothing(
         url,
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(30),
     };
     let (trigger, shutdown) = wick_service::shutdown::channel();
     let session = {
@@ -148,4 +149,67 @@ async fn coinbase_session_survives_disconnects_and_bad_frames_and_loses_nothing(
     assert!(reasons[0].starts_with("malformed JSON"), "{reasons:?}");
     assert_eq!(reasons[1], "unknown message type \"l2update\"");
     assert_eq!(letters[1].record.value.as_deref(), Some(&br#"{"type":"l2update","product_id":"BTC-USD","changes":[]}"#[..]));
+}
+
+#[tokio::test]
+async fn kraken_session_keeps_numbers_exact_and_reconnects_when_silent() {
+    let client = wick_test_support::kafka().await;
+    let market = wick_test_support::topic(&client, "market-events", 16).await;
+    let dead_letters = wick_test_support::topic(&client, "market-events-dlq", 1).await;
+    let trade = |id: u64, price: &str, qty: &str| {
+        format!(
+            r#"{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":{price},"qty":{qty},"ord_type":"limit","trade_id":{id},"timestamp":"2023-10-06T17:35:55.440295Z"}}]}}"#
+        )
+    };
+    // The first connection goes silent (no close): the session must notice and reconnect.
+    let (url, subscriptions) = fixture_server(vec![
+        vec![Step::Send(trade(10218208, "105944.20", "0.00027625"))],
+        vec![Step::Send(trade(10218208, "105944.20", "0.00027625")), Step::Send(trade(10218210, "105910.50", "0.00012460"))],
+    ])
+    .await;
+    // The fixture server keeps connection 1 open until the client leaves; the idle timeout ends it.
+    let mut config = feed_publisher::config::Config::default();
+    config.kafka.brokers = vec![wick_test_support::broker_address()];
+    config.kafka.market_events_topic = market.clone();
+    config.kafka.dead_letter_topic = dead_letters;
+    let metrics = Metrics::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let producer = run::start_producer(&config, run::connect(&config).await.unwrap(), metrics.clone(), clock.clone()).await.unwrap();
+    let settings = LiveSettings {
+        exchange: Exchange::Kraken,
+        symbols: vec!["BTC/USD".into()],
+        url,
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(300),
+    };
+    let (trigger, shutdown) = wick_service::shutdown::channel();
+    let session = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let summary = live::run(&settings, &producer, &metrics, clock, &shutdown).await;
+            (summary, producer)
+        })
+    };
+    wick_test_support::wait_until("the second connection's trades arrive", Duration::from_secs(20), || {
+        let done = metrics.gaps.with_label_values(&["kraken"]).get() == 1;
+        async move { done }
+    })
+    .await
+    .unwrap();
+    trigger.trigger();
+    let (summary, producer) = session.await.unwrap();
+    let (_, stats) = run::finish(producer, summary.unwrap()).await.unwrap();
+    assert_eq!(stats.trades, 2);
+    assert_eq!(metrics.duplicates.with_label_values(&["kraken"]).get(), 1);
+    assert_eq!(subscriptions.lock().await.len(), 2);
+    assert!(subscriptions.lock().await[0].contains(r#""channel":"trade""#));
+
+    let key = "KRAKEN:BTC-USD";
+    let p = wick_test_support::partition(&client, &market, feed_publisher::partitioner::partition_for(key.as_bytes(), 16)).await;
+    let (records, _) = wick_test_support::read_to_end(&p, 0, Duration::from_secs(10)).await.unwrap();
+    let trades: Vec<_> =
+        records.iter().flat_map(|r| wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap().1).collect();
+    let got: Vec<(u64, String, String)> = trades.iter().map(|t| (t.trade_id(), t.price().to_string(), t.quantity().to_string())).collect();
+    assert_eq!(got, vec![(10218208, "105944.20".into(), "0.00027625".into()), (10218210, "105910.50".into(), "0.00012460".into())]);
 }
