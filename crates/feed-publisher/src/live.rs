@@ -22,10 +22,56 @@ use crate::metrics::Metrics;
 use crate::producer::{DeadLetter, Producer};
 use crate::run::Summary;
 
+/// Which of an exchange's public trade feeds a session follows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Feed {
+    /// Binance `<symbol>@trade`.
+    BinanceTrade,
+    /// Binance `<symbol>@aggTrade` (one message per taker order).
+    BinanceAggTrade,
+    /// Coinbase Exchange `matches` with `heartbeat`.
+    CoinbaseExchange,
+    /// Coinbase Advanced Trade `market_trades`.
+    CoinbaseAdvanced,
+    /// Kraken WebSocket v2 `trade`.
+    KrakenV2,
+    /// Kraken WebSocket v1 `trade` (no trade ids: Wick derives them; no gap detection).
+    KrakenV1,
+}
+
+impl Feed {
+    /// The feed named `name` (`trade`, `aggTrade`, `exchange`, `advanced`, `v2`, `v1`) of
+    /// `exchange`, or its default.
+    pub fn of(exchange: Exchange, name: Option<&str>) -> Result<Feed, String> {
+        match (exchange, name) {
+            (Exchange::Binance, None | Some("trade")) => Ok(Feed::BinanceTrade),
+            (Exchange::Binance, Some("aggTrade")) => Ok(Feed::BinanceAggTrade),
+            (Exchange::Coinbase, None | Some("exchange")) => Ok(Feed::CoinbaseExchange),
+            (Exchange::Coinbase, Some("advanced")) => Ok(Feed::CoinbaseAdvanced),
+            (Exchange::Kraken, None | Some("v2")) => Ok(Feed::KrakenV2),
+            (Exchange::Kraken, Some("v1")) => Ok(Feed::KrakenV1),
+            (e, Some(other)) => Err(format!("{e} has no feed {other:?}: binance trade|aggTrade, coinbase exchange|advanced, kraken v2|v1")),
+        }
+    }
+
+    pub fn exchange(self) -> Exchange {
+        match self {
+            Feed::BinanceTrade | Feed::BinanceAggTrade => Exchange::Binance,
+            Feed::CoinbaseExchange | Feed::CoinbaseAdvanced => Exchange::Coinbase,
+            Feed::KrakenV2 | Feed::KrakenV1 => Exchange::Kraken,
+        }
+    }
+
+    /// Whether consecutive trades have consecutive ids, so that a jump is a gap.
+    fn sequential_ids(self) -> bool {
+        !matches!(self, Feed::KrakenV1 | Feed::CoinbaseAdvanced)
+    }
+}
+
 /// A live session's settings.
 #[derive(Clone, Debug)]
 pub struct LiveSettings {
-    pub exchange: Exchange,
+    pub feed: Feed,
     /// The exchange's own symbols: `BTCUSDT`, `BTC-USD`, `BTC/USD`.
     pub symbols: Vec<String>,
     /// The WebSocket URL (default: the exchange's public feed; tests point it at a local server).
@@ -37,38 +83,46 @@ pub struct LiveSettings {
     pub idle_timeout: Duration,
 }
 
-/// The public feed of each exchange.
-pub fn default_url(exchange: Exchange, symbols: &[String]) -> String {
-    match exchange {
-        Exchange::Binance => {
-            let streams: Vec<String> = symbols.iter().map(|s| format!("{}@trade", s.to_ascii_lowercase())).collect();
-            format!("wss://stream.binance.com:9443/stream?streams={}", streams.join("/"))
-        }
-        Exchange::Coinbase => "wss://ws-feed.exchange.coinbase.com".into(),
-        Exchange::Kraken => "wss://ws.kraken.com/v2".into(),
+/// The public WebSocket URL of each feed.
+pub fn default_url(feed: Feed, symbols: &[String]) -> String {
+    let binance = |kind: &str| {
+        let streams: Vec<String> = symbols.iter().map(|s| format!("{}@{kind}", s.to_ascii_lowercase())).collect();
+        format!("wss://stream.binance.com:9443/stream?streams={}", streams.join("/"))
+    };
+    match feed {
+        Feed::BinanceTrade => binance("trade"),
+        Feed::BinanceAggTrade => binance("aggTrade"),
+        Feed::CoinbaseExchange => "wss://ws-feed.exchange.coinbase.com".into(),
+        Feed::CoinbaseAdvanced => "wss://advanced-trade-ws.coinbase.com".into(),
+        Feed::KrakenV2 => "wss://ws.kraken.com/v2".into(),
+        Feed::KrakenV1 => "wss://ws.kraken.com".into(),
     }
 }
 
 /// The subscription messages sent after every (re)connect.
-pub fn subscriptions(exchange: Exchange, symbols: &[String]) -> Vec<String> {
-    match exchange {
-        // The combined-stream URL names the streams; subscribing again on the same connection is
-        // harmless and makes a URL override without streams work too.
-        Exchange::Binance => {
-            let params: Vec<String> = symbols.iter().map(|s| format!("\"{}@trade\"", s.to_ascii_lowercase())).collect();
-            vec![format!("{{\"method\":\"SUBSCRIBE\",\"params\":[{}],\"id\":1}}", params.join(","))]
+pub fn subscriptions(feed: Feed, symbols: &[String]) -> Vec<String> {
+    let quoted: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
+    let list = quoted.join(",");
+    let binance = |kind: &str| {
+        // The combined-stream URL names the streams already; subscribing again is harmless and
+        // makes a URL without streams (a proxy, a recorded feed) work too.
+        let params: Vec<String> = symbols.iter().map(|s| format!("\"{}@{kind}\"", s.to_ascii_lowercase())).collect();
+        vec![format!("{{\"method\":\"SUBSCRIBE\",\"params\":[{}],\"id\":1}}", params.join(","))]
+    };
+    match feed {
+        Feed::BinanceTrade => binance("trade"),
+        Feed::BinanceAggTrade => binance("aggTrade"),
+        Feed::CoinbaseExchange => {
+            vec![format!("{{\"type\":\"subscribe\",\"product_ids\":[{list}],\"channels\":[\"matches\",\"heartbeat\"]}}")]
         }
-        Exchange::Coinbase => {
-            let ids: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
-            vec![format!("{{\"type\":\"subscribe\",\"product_ids\":[{}],\"channels\":[\"matches\",\"heartbeat\"]}}", ids.join(","))]
+        Feed::CoinbaseAdvanced => vec![
+            format!("{{\"type\":\"subscribe\",\"product_ids\":[{list}],\"channel\":\"market_trades\"}}"),
+            "{\"type\":\"subscribe\",\"channel\":\"heartbeats\"}".to_owned(),
+        ],
+        Feed::KrakenV2 => {
+            vec![format!("{{\"method\":\"subscribe\",\"params\":{{\"channel\":\"trade\",\"symbol\":[{list}],\"snapshot\":false}}}}")]
         }
-        Exchange::Kraken => {
-            let ids: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
-            vec![format!(
-                "{{\"method\":\"subscribe\",\"params\":{{\"channel\":\"trade\",\"symbol\":[{}],\"snapshot\":false}}}}",
-                ids.join(",")
-            )]
-        }
+        Feed::KrakenV1 => vec![format!("{{\"event\":\"subscribe\",\"pair\":[{list}],\"subscription\":{{\"name\":\"trade\"}}}}")],
     }
 }
 
@@ -101,8 +155,8 @@ impl Sequence {
     }
 }
 
-fn parse(exchange: Exchange, text: &str, received: wick_core::Timestamp) -> Result<FeedMessage, exchange::ParseError> {
-    match exchange {
+fn parse(feed: Feed, text: &str, received: wick_core::Timestamp) -> Result<FeedMessage, exchange::ParseError> {
+    match feed.exchange() {
         Exchange::Binance => binance::parse(text, received, false),
         Exchange::Coinbase => coinbase::parse(text, received),
         Exchange::Kraken => kraken::parse(text, received),
@@ -117,10 +171,11 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
 ) -> Result<Summary> {
+    let exchange = settings.feed.exchange();
     for s in &settings.symbols {
-        exchange::instrument_for(settings.exchange, s).with_context(|| format!("symbol {s}"))?;
+        exchange::instrument_for(exchange, s).with_context(|| format!("symbol {s}"))?;
     }
-    let name = settings.exchange.to_string();
+    let name = exchange.to_string();
     let mut sequence = Sequence::default();
     let mut summary = Summary::default();
     let mut backoff = settings.min_backoff;
@@ -143,7 +198,7 @@ pub async fn run(
             }
         };
         tracing::info!(exchange = %name, url = %settings.url, "connected; subscribing");
-        for message in subscriptions(settings.exchange, &settings.symbols) {
+        for message in subscriptions(settings.feed, &settings.symbols) {
             socket.send(Message::text(message)).await.context("subscribing")?;
         }
         loop {
@@ -175,12 +230,12 @@ pub async fn run(
             };
             // A healthy message resets the backoff.
             backoff = settings.min_backoff;
-            match parse(settings.exchange, text.as_str(), clock.now()) {
+            match parse(settings.feed, text.as_str(), clock.now()) {
                 Ok(FeedMessage::Trades(trades)) => {
                     for trade in trades {
                         summary.read += 1;
                         let (fresh, gap) = sequence.admit(&trade);
-                        if gap > 0 {
+                        if gap > 0 && settings.feed.sequential_ids() {
                             tracing::warn!(exchange = %name, instrument = %trade.instrument(), missed = gap, "gap in the trade sequence");
                             metrics.gaps.with_label_values(&[&name]).inc_by(gap);
                         }
@@ -192,7 +247,7 @@ pub async fn run(
                     }
                 }
                 Ok(FeedMessage::Heartbeat { instrument, last_trade_id }) => {
-                    let missed = sequence.missed_before(&instrument, last_trade_id);
+                    let missed = if settings.feed.sequential_ids() { sequence.missed_before(&instrument, last_trade_id) } else { 0 };
                     if missed > 0 {
                         tracing::warn!(exchange = %name, %instrument, missed, "heartbeat reports trades that never arrived");
                         metrics.gaps.with_label_values(&[&name]).inc_by(missed);

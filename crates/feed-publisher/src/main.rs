@@ -53,6 +53,10 @@ enum Command {
         /// The exchange's own symbols: BTCUSDT (Binance), BTC-USD (Coinbase), BTC/USD (Kraken).
         #[arg(long, num_args = 1.., value_delimiter = ',', required = true)]
         symbols: Vec<String>,
+        /// Which feed: binance trade (default) or aggTrade; coinbase exchange (default, matches)
+        /// or advanced (Advanced Trade market_trades); kraken v2 (default) or v1.
+        #[arg(long)]
+        feed: Option<String>,
         /// Another WebSocket URL than the exchange's public feed (a proxy or a recorded feed).
         #[arg(long)]
         url: Option<String>,
@@ -105,10 +109,11 @@ async fn main() -> Result<()> {
         Command::Simulate { instruments, rate, seed, count } => {
             run::simulate(&producer, instruments, rate, seed, count, clock, &shutdown).await
         }
-        Command::Live { exchange, symbols, url } => {
+        Command::Live { exchange, symbols, feed, url } => {
+            let feed = feed_publisher::live::Feed::of(exchange, feed.as_deref()).map_err(anyhow::Error::msg)?;
             let settings = feed_publisher::live::LiveSettings {
-                exchange,
-                url: url.unwrap_or_else(|| feed_publisher::live::default_url(exchange, &symbols)),
+                feed,
+                url: url.unwrap_or_else(|| feed_publisher::live::default_url(feed, &symbols)),
                 symbols,
                 min_backoff: std::time::Duration::from_millis(250),
                 max_backoff: std::time::Duration::from_secs(30),

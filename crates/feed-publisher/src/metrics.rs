@@ -100,6 +100,11 @@ impl Metrics {
         m
     }
 
+    /// Trades of `instrument` handed to the broker so far.
+    pub fn published_total(&self, instrument: &Instrument) -> u64 {
+        self.trades_published.with_label_values(&[instrument.as_str(), instrument.exchange()]).get()
+    }
+
     /// Inputs refused from `source`, over every reason.
     pub fn rejected_total(&self, source: &str) -> u64 {
         ["malformed", "unknown_type", "invalid_field"].iter().map(|r| self.rejected.with_label_values(&[source, r]).get()).sum()

@@ -18,6 +18,9 @@ struct V2<'a> {
     channel: Option<&'a str>,
     #[serde(default)]
     method: Option<&'a str>,
+    /// v1 control messages (`heartbeat`, `systemStatus`, `subscriptionStatus`) are objects too.
+    #[serde(default)]
+    event: Option<&'a str>,
     #[serde(borrow, default)]
     data: Vec<V2Trade<'a>>,
 }
@@ -54,6 +57,11 @@ pub fn parse(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError>
     let m: V2<'_> = json(text)?;
     if m.method.is_some() {
         return Ok(FeedMessage::Control("method response"));
+    }
+    match m.event {
+        Some("heartbeat" | "systemStatus" | "subscriptionStatus" | "pong") => return Ok(FeedMessage::Control("v1 event")),
+        Some(other) => return Err(ParseError::UnknownType(format!("v1 event {other}"))),
+        None => {}
     }
     match m.channel {
         Some("trade") => {
