@@ -193,52 +193,45 @@ struct Queues {
 
 impl Queues {
     fn crossbeam_channel(consumers: usize) -> Queues {
-        let progress = progress(consumers);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (senders, threads): (Vec<_>, Vec<_>) = (0..consumers)
-            .map(|i| {
-                let (tx, rx) = crossbeam_channel::bounded::<u64>(CAPACITY);
-                let progress = progress.clone();
-                let t = thread::spawn(move || {
-                    let (mut handled, mut acc) = (0u64, 0u64);
-                    while let Ok(v) = rx.recv() {
-                        acc = acc.wrapping_add(v);
-                        handled += 1;
-                        while let Ok(v) = rx.try_recv() {
-                            acc = acc.wrapping_add(v);
-                            handled += 1;
-                        }
-                        progress[i].store(handled, Ordering::Release);
-                    }
-                    black_box(acc);
-                });
-                (tx, t)
-            })
-            .unzip();
-        let mut senders = Some(senders);
-        let send = Box::new(move |shard: usize, v: u64| {
-            if shard == usize::MAX {
-                senders.take(); // disconnect
-            } else if let Some(s) = senders.as_ref() {
-                s[shard].send(v).unwrap();
-            }
-        });
-        Queues { send, stop, threads, progress, next: 0, consumers }
+        Queues::channels(
+            consumers,
+            || crossbeam_channel::bounded::<u64>(CAPACITY),
+            |tx, v| tx.send(v).is_ok(),
+            |rx| rx.recv().ok(),
+            |rx| rx.try_recv().ok(),
+        )
     }
 
     fn std_sync_channel(consumers: usize) -> Queues {
+        Queues::channels(
+            consumers,
+            || std::sync::mpsc::sync_channel::<u64>(CAPACITY),
+            |tx, v| tx.send(v).is_ok(),
+            |rx| rx.recv().ok(),
+            |rx| rx.try_recv().ok(),
+        )
+    }
+
+    /// One bounded channel per shard; a consumer blocks for one value, then drains what is there.
+    fn channels<S: Send + 'static, R: Send + 'static>(
+        consumers: usize,
+        make: impl Fn() -> (S, R),
+        send: fn(&S, u64) -> bool,
+        recv: fn(&R) -> Option<u64>,
+        try_recv: fn(&R) -> Option<u64>,
+    ) -> Queues {
         let progress = progress(consumers);
         let stop = Arc::new(AtomicBool::new(false));
         let (senders, threads): (Vec<_>, Vec<_>) = (0..consumers)
             .map(|i| {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(CAPACITY);
+                let (tx, rx) = make();
                 let progress = progress.clone();
                 let t = thread::spawn(move || {
                     let (mut handled, mut acc) = (0u64, 0u64);
-                    while let Ok(v) = rx.recv() {
+                    while let Some(v) = recv(&rx) {
                         acc = acc.wrapping_add(v);
                         handled += 1;
-                        while let Ok(v) = rx.try_recv() {
+                        while let Some(v) = try_recv(&rx) {
                             acc = acc.wrapping_add(v);
                             handled += 1;
                         }
@@ -252,9 +245,9 @@ impl Queues {
         let mut senders = Some(senders);
         let send = Box::new(move |shard: usize, v: u64| {
             if shard == usize::MAX {
-                senders.take();
+                senders.take(); // disconnect: the consumers' `recv` ends
             } else if let Some(s) = senders.as_ref() {
-                s[shard].send(v).unwrap();
+                assert!(send(&s[shard], v), "consumer {shard} went away");
             }
         });
         Queues { send, stop, threads, progress, next: 0, consumers }
