@@ -31,7 +31,8 @@ pub struct KafkaConfig {
 pub struct ProducerConfig {
     /// How long a partition's first pending trade waits for company (the seed's `linger-ms: 10`).
     pub linger: Duration,
-    /// A partition's request is sent once it holds about this many bytes.
+    /// A partition's request is sent once it holds about this many bytes (below Kafka's default
+    /// `message.max.bytes` of 1 MB, counting trades at an upper bound of their size).
     pub max_request_bytes: usize,
     /// `lz4` (the seed's) or `none`.
     pub compression: String,
@@ -57,7 +58,7 @@ impl Default for KafkaConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        ProducerConfig { linger: Duration::from_millis(10), max_request_bytes: 1 << 20, compression: "lz4".into() }
+        ProducerConfig { linger: Duration::from_millis(10), max_request_bytes: 900_000, compression: "lz4".into() }
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! Every exchange numbers trades per instrument in increasing order (Binance `t`/`a`, Coinbase
 //! `trade_id`, Kraken v2 `trade_id`), so de-duplication keeps only the highest id published per
-//! instrument: memory stays bounded by the number of instruments.
+//! instrument: memory stays bounded by the number of instruments. Kraken v2 subscribes with its
+//! snapshot, so a reconnect re-sends recent trades and the overlap is dropped. Kraken v1 has no
+//! trade ids: its trades are numbered per microsecond and not de-duplicated.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,38 +122,79 @@ pub fn subscriptions(feed: Feed, symbols: &[String]) -> Vec<String> {
             "{\"type\":\"subscribe\",\"channel\":\"heartbeats\"}".to_owned(),
         ],
         Feed::KrakenV2 => {
-            vec![format!("{{\"method\":\"subscribe\",\"params\":{{\"channel\":\"trade\",\"symbol\":[{list}],\"snapshot\":false}}}}")]
+            vec![format!("{{\"method\":\"subscribe\",\"params\":{{\"channel\":\"trade\",\"symbol\":[{list}],\"snapshot\":true}}}}")]
         }
         Feed::KrakenV1 => vec![format!("{{\"event\":\"subscribe\",\"pair\":[{list}],\"subscription\":{{\"name\":\"trade\"}}}}")],
     }
 }
 
-/// The last trade id published per instrument, for de-duplication and gap detection.
+/// Per instrument: the last trade id published, and the id up to which trades are accounted
+/// for (published, or counted as missing), so a gap is counted once whether a later trade or a
+/// heartbeat reveals it.
 #[derive(Debug, Default)]
 struct Sequence {
-    last: HashMap<Instrument, u64>,
+    marks: HashMap<Instrument, (u64, u64)>,
 }
 
 impl Sequence {
-    /// Whether to publish `trade`, and how many ids were skipped before it.
+    /// Whether to publish `trade`, and how many ids were skipped before it (not yet counted).
     fn admit(&mut self, trade: &Trade) -> (bool, u64) {
-        match self.last.get_mut(trade.instrument()) {
-            Some(last) if trade.trade_id() <= *last => (false, 0),
-            Some(last) => {
-                let gap = trade.trade_id() - *last - 1;
-                *last = trade.trade_id();
+        let id = trade.trade_id();
+        match self.marks.get_mut(trade.instrument()) {
+            Some((last, _)) if id <= *last => (false, 0),
+            Some((last, accounted)) => {
+                let gap = id.saturating_sub(*accounted).saturating_sub(1);
+                *last = id;
+                *accounted = (*accounted).max(id);
                 (true, gap)
             }
             None => {
-                self.last.insert(trade.instrument().clone(), trade.trade_id());
+                self.marks.insert(trade.instrument().clone(), (id, id));
                 (true, 0)
             }
         }
     }
 
-    /// Ids the exchange says were traded but that never arrived.
-    fn missed_before(&self, instrument: &Instrument, last_trade_id: u64) -> u64 {
-        self.last.get(instrument).map_or(0, |last| last_trade_id.saturating_sub(*last))
+    /// Ids the exchange says were traded but that never arrived (and were not counted yet).
+    fn heartbeat(&mut self, instrument: &Instrument, last_trade_id: u64) -> u64 {
+        match self.marks.get_mut(instrument) {
+            Some((_, accounted)) if last_trade_id > *accounted => {
+                let missed = last_trade_id - *accounted;
+                *accounted = last_trade_id;
+                missed
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Kraken v1 trades carry no ids: the parser derives `micros * 1000 + position in the message`,
+/// which repeats when two messages hold trades of the same microsecond. Across the session, make
+/// them unique: the n-th trade of a microsecond gets `micros * 1000 + n` (Kraken sends trades in
+/// time order, which this relies on).
+#[derive(Debug, Default)]
+struct DerivedIds {
+    last: HashMap<Instrument, (i64, u64)>,
+}
+
+impl DerivedIds {
+    fn renumber(&mut self, trade: Trade) -> Result<Trade> {
+        let micros = trade.event_time().as_micros();
+        let n = match self.last.get(trade.instrument()) {
+            Some((m, n)) if *m == micros => n + 1,
+            _ => 0,
+        };
+        self.last.insert(trade.instrument().clone(), (micros, n));
+        let id = u64::try_from(micros).unwrap_or(0) * 1000 + n;
+        Ok(Trade::new(
+            trade.instrument().clone(),
+            id,
+            trade.price(),
+            trade.quantity(),
+            trade.side(),
+            trade.event_time(),
+            trade.receive_time(),
+        )?)
     }
 }
 
@@ -177,6 +220,7 @@ pub async fn run(
     }
     let name = exchange.to_string();
     let mut sequence = Sequence::default();
+    let mut derived = DerivedIds::default();
     let mut summary = Summary::default();
     let mut backoff = settings.min_backoff;
     while !shutdown.is_requested() {
@@ -198,69 +242,86 @@ pub async fn run(
             }
         };
         tracing::info!(exchange = %name, url = %settings.url, "connected; subscribing");
+        let mut subscribed = true;
         for message in subscriptions(settings.feed, &settings.symbols) {
-            socket.send(Message::text(message)).await.context("subscribing")?;
+            if let Err(e) = socket.send(Message::text(message)).await {
+                tracing::warn!(exchange = %name, error = %e, "subscribing failed");
+                subscribed = false;
+                break;
+            }
         }
-        loop {
-            let next = tokio::select! {
-                m = tokio::time::timeout(settings.idle_timeout, socket.next()) => match m {
-                    Ok(m) => m,
-                    Err(_) => {
-                        tracing::warn!(exchange = %name, timeout = ?settings.idle_timeout, "connection silent; reconnecting");
+        if subscribed {
+            loop {
+                let next = tokio::select! {
+                    m = tokio::time::timeout(settings.idle_timeout, socket.next()) => match m {
+                        Ok(m) => m,
+                        Err(_) => {
+                            tracing::warn!(exchange = %name, timeout = ?settings.idle_timeout, "connection silent; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = shutdown.requested() => {
+                        let _ = socket.close(None).await;
+                        return Ok(summary);
+                    }
+                };
+                let text = match next {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Ping(payload))) => {
+                        socket.send(Message::Pong(payload)).await.ok();
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::warn!(exchange = %name, error = %e, "connection lost");
                         break;
                     }
-                },
-                _ = shutdown.requested() => {
-                    let _ = socket.close(None).await;
-                    return Ok(summary);
-                }
-            };
-            let text = match next {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Ping(payload))) => {
-                    socket.send(Message::Pong(payload)).await.ok();
-                    continue;
-                }
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    tracing::warn!(exchange = %name, error = %e, "connection lost");
-                    break;
-                }
-            };
-            // A healthy message resets the backoff.
-            backoff = settings.min_backoff;
-            match parse(settings.feed, text.as_str(), clock.now()) {
-                Ok(FeedMessage::Trades(trades)) => {
-                    for trade in trades {
+                };
+                match parse(settings.feed, text.as_str(), clock.now()) {
+                    Ok(FeedMessage::Trades(mut trades)) => {
+                        // Trades flowing mean the session is healthy: the next reconnect starts fast.
+                        backoff = settings.min_backoff;
+                        if settings.feed == Feed::KrakenV1 {
+                            // No exchange ids: nothing to de-duplicate against, only to number uniquely.
+                            for trade in trades {
+                                summary.read += 1;
+                                producer.publish(derived.renumber(trade)?).await?;
+                            }
+                            continue;
+                        }
+                        // Some feeds list a message's trades newest first: admit them in id order.
+                        trades.sort_by(|a, b| a.instrument().as_str().cmp(b.instrument().as_str()).then(a.trade_id().cmp(&b.trade_id())));
+                        for trade in trades {
+                            summary.read += 1;
+                            let (fresh, gap) = sequence.admit(&trade);
+                            if gap > 0 && settings.feed.sequential_ids() {
+                                tracing::warn!(exchange = %name, instrument = %trade.instrument(), missed = gap, "gap in the trade sequence");
+                                metrics.gaps.with_label_values(&[&name]).inc_by(gap);
+                            }
+                            if fresh {
+                                producer.publish(trade).await?;
+                            } else {
+                                metrics.duplicates.with_label_values(&[&name]).inc();
+                            }
+                        }
+                    }
+                    Ok(FeedMessage::Heartbeat { instrument, last_trade_id }) => {
+                        let missed = if settings.feed.sequential_ids() { sequence.heartbeat(&instrument, last_trade_id) } else { 0 };
+                        if missed > 0 {
+                            tracing::warn!(exchange = %name, %instrument, missed, "heartbeat reports trades that never arrived");
+                            metrics.gaps.with_label_values(&[&name]).inc_by(missed);
+                        }
+                    }
+                    Ok(FeedMessage::Control(what)) => tracing::debug!(exchange = %name, what, "control message"),
+                    Err(e) => {
+                        // As in replay, a refused input counts as read and as rejected.
                         summary.read += 1;
-                        let (fresh, gap) = sequence.admit(&trade);
-                        if gap > 0 && settings.feed.sequential_ids() {
-                            tracing::warn!(exchange = %name, instrument = %trade.instrument(), missed = gap, "gap in the trade sequence");
-                            metrics.gaps.with_label_values(&[&name]).inc_by(gap);
-                        }
-                        if fresh {
-                            producer.publish(trade).await?;
-                        } else {
-                            metrics.duplicates.with_label_values(&[&name]).inc();
-                        }
+                        summary.rejected += 1;
+                        metrics.rejected.with_label_values(&[&name, reason_label(&e)]).inc();
+                        let letter = DeadLetter { raw: text.as_bytes().to_vec(), reason: e.to_string(), source: name.clone() };
+                        producer.dead_letter(letter).await?;
                     }
-                }
-                Ok(FeedMessage::Heartbeat { instrument, last_trade_id }) => {
-                    let missed = if settings.feed.sequential_ids() { sequence.missed_before(&instrument, last_trade_id) } else { 0 };
-                    if missed > 0 {
-                        tracing::warn!(exchange = %name, %instrument, missed, "heartbeat reports trades that never arrived");
-                        metrics.gaps.with_label_values(&[&name]).inc_by(missed);
-                    }
-                }
-                Ok(FeedMessage::Control(what)) => tracing::debug!(exchange = %name, what, "control message"),
-                Err(e) => {
-                    // As in replay, a refused input counts as read and as rejected.
-                    summary.read += 1;
-                    summary.rejected += 1;
-                    metrics.rejected.with_label_values(&[&name, reason_label(&e)]).inc();
-                    let letter = DeadLetter { raw: text.as_bytes().to_vec(), reason: e.to_string(), source: name.clone() };
-                    producer.dead_letter(letter).await?;
                 }
             }
         }
@@ -280,5 +341,48 @@ fn reason_label(e: &exchange::ParseError) -> &'static str {
         exchange::ParseError::Json(_) => "malformed",
         exchange::ParseError::UnknownType(_) => "unknown_type",
         exchange::ParseError::Field { .. } => "invalid_field",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wick_core::{TakerSide, Timestamp};
+
+    fn trade(id: u64, micros: i64) -> Trade {
+        let t = Timestamp::from_micros(micros).unwrap();
+        Trade::new(Instrument::new("COINBASE:BTC-USD").unwrap(), id, "1".parse().unwrap(), "1".parse().unwrap(), TakerSide::Buy, t, t)
+            .unwrap()
+    }
+
+    #[test]
+    fn gaps_are_counted_once_whoever_reveals_them() {
+        let mut s = Sequence::default();
+        let btc = Instrument::new("COINBASE:BTC-USD").unwrap();
+        assert_eq!(s.admit(&trade(12, 0)), (true, 0));
+        // Heartbeats keep saying 13 while 13 has not arrived: one missing trade, counted once.
+        assert_eq!(s.heartbeat(&btc, 13), 1);
+        assert_eq!(s.heartbeat(&btc, 13), 0);
+        // 13 never comes; 14 does: 13 was already counted.
+        assert_eq!(s.admit(&trade(14, 0)), (true, 0));
+        assert_eq!(s.admit(&trade(14, 0)), (false, 0), "a duplicate");
+        assert_eq!(s.admit(&trade(17, 0)), (true, 2));
+        assert_eq!(s.heartbeat(&btc, 17), 0);
+    }
+
+    #[test]
+    fn derived_ids_stay_unique_within_a_microsecond() {
+        let mut d = DerivedIds::default();
+        let ids: Vec<u64> =
+            [(5, 100), (5, 100), (5, 101), (5, 100)].iter().map(|(id, m)| d.renumber(trade(*id, *m)).unwrap().trade_id()).collect();
+        assert_eq!(ids, vec![100_000, 100_001, 101_000, 100_000]);
+    }
+
+    #[test]
+    fn feeds_belong_to_their_exchange() {
+        assert_eq!(Feed::of(Exchange::Kraken, Some("v1")).unwrap(), Feed::KrakenV1);
+        assert_eq!(Feed::of(Exchange::Binance, None).unwrap(), Feed::BinanceTrade);
+        assert!(Feed::of(Exchange::Coinbase, Some("v1")).unwrap_err().contains("coinbase has no feed"));
+        assert!(subscriptions(Feed::KrakenV2, &["BTC/USD".into()])[0].contains(r#""snapshot":true"#));
     }
 }

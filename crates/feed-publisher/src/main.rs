@@ -129,7 +129,10 @@ async fn main() -> Result<()> {
             run::replay(&producer, &files, instrument.as_ref(), speed, clock, &shutdown).await
         }
     };
-    let (summary, stats) = run::finish(producer, summary?).await?;
+    // Flush what the producer holds even when the command failed, then report the failure.
+    let finished = run::finish(producer, summary.as_ref().copied().unwrap_or_default()).await;
+    summary?;
+    let (summary, stats) = finished?;
     println!("{summary} ({} records in {} requests, {} dead letters)", stats.records, stats.requests, stats.dead_letters);
     readiness.set(false);
     drop(shutdown);

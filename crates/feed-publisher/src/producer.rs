@@ -72,8 +72,13 @@ pub struct Producer {
     task: JoinHandle<Result<ProducerStats>>,
 }
 
-/// Rough encoded size of one trade inside a batch, to size requests without encoding twice.
-const TRADE_BYTES: usize = 40;
+/// An upper bound of one trade's encoded size inside a batch (a Binance trade takes about 44
+/// bytes), so that requests stay under their limit without encoding twice.
+const TRADE_BYTES: usize = 64;
+
+/// Commands queued before `publish` waits: with replay's chunks of 1024 trades, at most about
+/// 260k trades (some 20 MB) wait in the queue.
+const QUEUE: usize = 256;
 
 impl Producer {
     /// Starts the producer for `settings.topic`, whose partition count is read from the broker.
@@ -97,7 +102,7 @@ impl Producer {
             .partition_client(settings.dead_letter_topic.clone(), 0, UnknownTopicHandling::Retry)
             .await
             .with_context(|| format!("dead-letter topic {}", settings.dead_letter_topic))?;
-        let (tx, rx) = mpsc::channel(65_536);
+        let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(batch(rx, sinks, workers, dead_letters, settings, metrics, clock));
         Ok(Producer { tx, task })
     }
@@ -204,6 +209,14 @@ async fn batch(
                 let _ = done.send(());
             }
             None => break,
+        }
+        // Under a steady stream `recv` never times out, so enforce the linger here too.
+        let now = Instant::now();
+        if pending.values().any(|p| p.since + settings.linger <= now) {
+            let due: Vec<i32> = pending.iter().filter(|(_, p)| p.since + settings.linger <= now).map(|(k, _)| *k).collect();
+            for p in due {
+                send(&mut pending, p, &sinks, &metrics, &clock, &mut stats).await?;
+            }
         }
     }
     let all: Vec<i32> = pending.keys().copied().collect();

@@ -75,9 +75,17 @@ fn buyer_maker(text: &str) -> Result<TakerSide, ParseError> {
     }
 }
 
-/// Parses one line; `Ok(None)` for a header line or a blank line.
-pub fn parse_line(format: ReplayFormat, line: &str, instrument: &Instrument, received: Timestamp) -> Result<Option<Trade>, ParseError> {
+/// Parses one line; `Ok(None)` for a blank line or, when `first` (the file's first line), a
+/// header. Anywhere else, a line that is not a trade is an error.
+pub fn parse_line(
+    format: ReplayFormat,
+    line: &str,
+    first: bool,
+    instrument: &Instrument,
+    received: Timestamp,
+) -> Result<Option<Trade>, ParseError> {
     let line = line.trim_end_matches(['\r', '\n']);
+    let line = if first { line.trim_start_matches('\u{feff}') } else { line };
     if line.trim().is_empty() {
         return Ok(None);
     }
@@ -94,7 +102,7 @@ pub fn parse_line(format: ReplayFormat, line: &str, instrument: &Instrument, rec
                 }
                 count += 1;
             }
-            if !fields[0].trim().starts_with(|c: char| c.is_ascii_digit()) {
+            if first && !fields[0].trim().starts_with(|c: char| c.is_ascii_digit()) {
                 return Ok(None); // header
             }
             let expected = if format == ReplayFormat::BinanceTrades { 7 } else { 8 };
@@ -145,20 +153,23 @@ mod tests {
     #[test]
     fn parses_milliseconds_and_microseconds_and_sides() {
         let now = Timestamp::MIN;
-        let ms = parse_line(ReplayFormat::BinanceTrades, "7,63250.10,0.00150,94.87515,1758412800123,True,True\r\n", &btc(), now)
+        let ms = parse_line(ReplayFormat::BinanceTrades, "7,63250.10,0.00150,94.87515,1758412800123,True,True\r\n", false, &btc(), now)
             .unwrap()
             .unwrap();
         assert_eq!((ms.trade_id(), ms.event_time().as_micros(), ms.side()), (7, 1_758_412_800_123_000, TakerSide::Sell));
         assert_eq!(ms.price().to_string(), "63250.10");
-        let us = parse_line(ReplayFormat::BinanceAggTrades, "8,1.5,2,10,12,1758412800123456,False,True", &btc(), now).unwrap().unwrap();
+        let us =
+            parse_line(ReplayFormat::BinanceAggTrades, "8,1.5,2,10,12,1758412800123456,False,True", false, &btc(), now).unwrap().unwrap();
         assert_eq!((us.trade_id(), us.event_time().as_micros(), us.side()), (8, 1_758_412_800_123_456, TakerSide::Buy));
-        assert_eq!(
-            parse_line(ReplayFormat::BinanceTrades, "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match", &btc(), now).unwrap(),
-            None
-        );
-        let err = parse_line(ReplayFormat::BinanceTrades, "9,abc,1,1,1758412800123,True,True", &btc(), now).unwrap_err();
+        let header = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match";
+        assert_eq!(parse_line(ReplayFormat::BinanceTrades, header, true, &btc(), now).unwrap(), None);
+        assert_eq!(parse_line(ReplayFormat::BinanceTrades, &format!("\u{feff}{header}"), true, &btc(), now).unwrap(), None);
+        // Only the first line may be a header: anywhere else it is a bad line.
+        assert!(parse_line(ReplayFormat::BinanceTrades, header, false, &btc(), now).unwrap_err().to_string().starts_with("id:"));
+        assert!(parse_line(ReplayFormat::BinanceTrades, "garbage", false, &btc(), now).is_err());
+        let err = parse_line(ReplayFormat::BinanceTrades, "9,abc,1,1,1758412800123,True,True", false, &btc(), now).unwrap_err();
         assert!(err.to_string().starts_with("price:"), "{err}");
-        let err = parse_line(ReplayFormat::BinanceTrades, "9,1,1,1758412800123,True,True", &btc(), now).unwrap_err();
+        let err = parse_line(ReplayFormat::BinanceTrades, "9,1,1,1758412800123,True,True", false, &btc(), now).unwrap_err();
         assert!(err.to_string().contains("6 fields, expected 7"), "{err}");
     }
 }

@@ -111,7 +111,7 @@ pub async fn replay(
             }
             let line = line.with_context(|| format!("reading {}", file.path.display()))?;
             let text = String::from_utf8_lossy(&line);
-            match replay::parse_line(file.format, &text, instrument, received) {
+            match replay::parse_line(file.format, &text, index == 0, instrument, received) {
                 Ok(None) => continue,
                 Ok(Some(trade)) => {
                     summary.read += 1;
@@ -121,7 +121,13 @@ pub async fn replay(
                         let due = Duration::from_micros(((event - first_event).max(0) as f64 / speed) as u64);
                         if let Some(wait) = due.checked_sub(started.elapsed()) {
                             producer.publish_many(std::mem::take(&mut chunk)).await?;
-                            tokio::time::sleep(wait).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = shutdown.requested() => {
+                                    producer.flush().await?;
+                                    return Ok(summary);
+                                }
+                            }
                         }
                     }
                     chunk.push(trade);

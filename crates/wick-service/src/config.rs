@@ -20,7 +20,8 @@ pub const ENV_PREFIX: &str = "WICK__";
 
 /// Loads `T` from its defaults, the file at `path` (if any) and the process environment.
 pub fn load<T: DeserializeOwned + Serialize + Default + Validate>(path: Option<&Path>) -> Result<T> {
-    load_with_env(path, std::env::vars())
+    // Variables that are not UTF-8 cannot be Wick settings; skip them rather than panic.
+    load_with_env(path, std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
 }
 
 /// [`load`] with an explicit environment (for tests).

@@ -21,8 +21,9 @@ struct V2<'a> {
     /// v1 control messages (`heartbeat`, `systemStatus`, `subscriptionStatus`) are objects too.
     #[serde(default)]
     event: Option<&'a str>,
+    /// Parsed only for the `trade` channel: other channels (`status`, ...) carry other shapes.
     #[serde(borrow, default)]
-    data: Vec<V2Trade<'a>>,
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -65,8 +66,11 @@ pub fn parse(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError>
     }
     match m.channel {
         Some("trade") => {
-            let trades = m
-                .data
+            let data: Vec<V2Trade<'_>> = match m.data {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| ParseError::Json(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let trades = data
                 .iter()
                 .map(|t| {
                     trade(

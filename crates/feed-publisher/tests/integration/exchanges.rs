@@ -88,6 +88,8 @@ fn kraken_v2_numbers_are_exact_and_v1_arrays_parse() {
     );
     assert_eq!((t[1].side(), t[1].trade_id()), (TakerSide::Buy, 1_534_614_057_324_998_001));
     assert_eq!(kraken::parse(&l[4], RECEIVED).unwrap(), FeedMessage::Control("heartbeat or status"));
+    // The status frame every connection opens with: its `data` is not trades.
+    assert_eq!(kraken::parse(&l[5], RECEIVED).unwrap(), FeedMessage::Control("heartbeat or status"));
 }
 
 #[test]

@@ -146,12 +146,21 @@ async fn simulate_publishes_exactly_the_count_asked_for() {
 fn help_documents_every_subcommand_and_flag() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["simulate", "replay", "--config", "WICK__SECTION__KEY"] {
+    for needle in ["simulate", "replay", "live", "--config", "WICK__SECTION__KEY"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).args(["replay", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in ["--instrument", "--speed", "FILES"] {
         assert!(help.contains(needle), "replay --help lacks {needle}:\n{help}");
+    }
+    for (command, flags) in
+        [("live", &["--exchange", "--symbols", "--feed", "--url"][..]), ("simulate", &["--instruments", "--rate", "--seed", "--count"][..])]
+    {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in flags {
+            assert!(help.contains(flag), "{command} --help lacks {flag}:\n{help}");
+        }
     }
 }
