@@ -1,0 +1,329 @@
+//! The candle store: the schema of `migrations/` (a TimescaleDB hypertable when the extension can
+//! be created, plain PostgreSQL range partitioning otherwise; decided once and recorded), and the
+//! write path: a binary `COPY` into a staging table, one `INSERT ... ON CONFLICT ... DO UPDATE`
+//! that only applies a newer version, and the consumed offsets, all in one transaction.
+
+mod numeric;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::pin_mut;
+use postgres_types::{ToSql, Type};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::{Client, GenericClient};
+use wick_core::time::{civil_from_days, days_from_civil, MICROS_PER_DAY};
+use wick_core::{Candle, Timestamp};
+
+pub use numeric::PgNumeric;
+
+const BASE: &str = include_str!("../../../migrations/0001_base.sql");
+const COLUMNS: &str = include_str!("../../../migrations/0002_candles_columns.sql");
+const PLAIN: &str = include_str!("../../../migrations/0002_candles_plain.sql");
+const TIMESCALE: &str = include_str!("../../../migrations/0002_candles_timescale.sql");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {}", db_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("unknown storage mode {0:?} recorded in wick_meta")]
+    UnknownMode(String),
+}
+
+/// The server's own message (and SQLSTATE) when there is one: tokio-postgres prints only "db error".
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Where candles live.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StorageMode {
+    /// A TimescaleDB hypertable with compression.
+    Timescale,
+    /// A plain PostgreSQL table partitioned by month of open time.
+    Plain,
+}
+
+impl StorageMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Timescale => "timescaledb",
+            StorageMode::Plain => "postgresql",
+        }
+    }
+}
+
+/// TimescaleDB settings (ignored on plain PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimescaleSettings {
+    /// PostgreSQL interval syntax, e.g. `7 days`.
+    pub chunk_interval: String,
+    pub compress_after: String,
+    /// Drop chunks older than this, if set.
+    pub retention: Option<String>,
+}
+
+impl Default for TimescaleSettings {
+    fn default() -> Self {
+        TimescaleSettings { chunk_interval: "7 days".into(), compress_after: "7 days".into(), retention: None }
+    }
+}
+
+/// The exact statements that create the TimescaleDB schema.
+pub fn timescale_sql(settings: &TimescaleSettings) -> String {
+    let mut sql = TIMESCALE
+        .replace("{columns}", COLUMNS.trim_end())
+        .replace("{chunk_interval}", &settings.chunk_interval.replace('\'', ""))
+        .replace("{compress_after}", &settings.compress_after.replace('\'', ""));
+    if let Some(retention) = &settings.retention {
+        sql.push_str(&format!(
+            "\nSELECT add_retention_policy('candles', INTERVAL '{}', if_not_exists => TRUE);\n",
+            retention.replace('\'', "")
+        ));
+    }
+    sql
+}
+
+/// The exact statements that create the plain PostgreSQL schema.
+pub fn plain_sql() -> String {
+    PLAIN.replace("{columns}", COLUMNS.trim_end())
+}
+
+/// Applies the schema, deciding the storage mode the first time (and only then) by trying
+/// `CREATE EXTENSION timescaledb`; the decision is recorded in `wick_meta` and logged.
+pub async fn migrate(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
+    client.batch_execute(BASE).await?;
+    let recorded = client.query_opt("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await?;
+    let mode = match recorded.map(|r| r.get::<_, String>(0)) {
+        Some(m) if m == StorageMode::Timescale.as_str() => StorageMode::Timescale,
+        Some(m) if m == StorageMode::Plain.as_str() => StorageMode::Plain,
+        Some(other) => return Err(StoreError::UnknownMode(other)),
+        None => {
+            let mode = decide(client).await?;
+            client
+                .execute("INSERT INTO wick_meta (key, value) VALUES ('storage_mode', $1) ON CONFLICT (key) DO NOTHING", &[&mode.as_str()])
+                .await?;
+            tracing::info!(mode = mode.as_str(), "candle storage decided");
+            mode
+        }
+    };
+    let ddl = match mode {
+        StorageMode::Timescale => timescale_sql(settings),
+        StorageMode::Plain => plain_sql(),
+    };
+    client.batch_execute(&ddl).await?;
+    tracing::info!(mode = mode.as_str(), "candle schema applied");
+    Ok(mode)
+}
+
+/// TimescaleDB when its extension can be created here, plain PostgreSQL otherwise.
+async fn decide(client: &mut Client) -> Result<StorageMode, StoreError> {
+    let tx = client.transaction().await?;
+    // A failed CREATE EXTENSION aborts the transaction; the rollback leaves nothing behind.
+    match tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(StorageMode::Timescale)
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "TimescaleDB is not available: using plain PostgreSQL partitioning");
+            tx.rollback().await?;
+            Ok(StorageMode::Plain)
+        }
+    }
+}
+
+/// The (year, month) of every candle's open time.
+pub fn months_of<'a>(candles: impl IntoIterator<Item = &'a Candle>) -> BTreeSet<(i64, i64)> {
+    candles
+        .into_iter()
+        .map(|c| {
+            let (y, m, _) = civil_from_days(c.open_time().as_micros().div_euclid(MICROS_PER_DAY));
+            (y, m)
+        })
+        .collect()
+}
+
+/// The statement creating the monthly partition of `(year, month)` if it is missing.
+pub fn partition_sql(year: i64, month: i64) -> String {
+    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    format!(
+        "CREATE TABLE IF NOT EXISTS candles_y{year:04}m{month:02} PARTITION OF candles FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') TO ('{ny:04}-{nm:02}-01 00:00:00+00')"
+    )
+}
+
+/// Creates the monthly partitions of `months` (plain PostgreSQL only).
+pub async fn ensure_partitions(client: &impl GenericClient, months: &BTreeSet<(i64, i64)>) -> Result<(), StoreError> {
+    for (y, m) in months {
+        client.batch_execute(&partition_sql(*y, *m)).await?;
+    }
+    Ok(())
+}
+
+/// The month after `(year, month)`, for creating partitions ahead of time.
+pub fn next_month(year: i64, month: i64) -> (i64, i64) {
+    let days = days_from_civil(year, month, 1) + 31;
+    let (y, m, _) = civil_from_days(days);
+    (y, m)
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(t.as_micros()).unwrap_or(0))
+}
+
+const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS candles_staging (LIKE candles INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
+
+const COPY: &str = "COPY candles_staging (instrument, interval, open_time, close_time, open, high, low, close, volume, quote_volume, \
+    taker_buy_volume, taker_buy_quote_volume, trade_count, first_trade_id, last_trade_id, first_trade_time, last_trade_time, closed, version) \
+    FROM STDIN (FORMAT binary)";
+
+/// Newest version per key from the staging table; a row changes only for a newer version.
+const UPSERT: &str = "INSERT INTO candles SELECT DISTINCT ON (instrument, interval, open_time) * FROM candles_staging \
+    ORDER BY instrument, interval, open_time, version DESC \
+    ON CONFLICT (instrument, interval, open_time) DO UPDATE SET \
+    close_time = EXCLUDED.close_time, open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, \
+    volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, taker_buy_volume = EXCLUDED.taker_buy_volume, \
+    taker_buy_quote_volume = EXCLUDED.taker_buy_quote_volume, trade_count = EXCLUDED.trade_count, \
+    first_trade_id = EXCLUDED.first_trade_id, last_trade_id = EXCLUDED.last_trade_id, first_trade_time = EXCLUDED.first_trade_time, \
+    last_trade_time = EXCLUDED.last_trade_time, closed = EXCLUDED.closed, version = EXCLUDED.version \
+    WHERE candles.version < EXCLUDED.version";
+
+const OFFSETS: &str = "INSERT INTO writer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
+    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(writer_offsets.next_offset, EXCLUDED.next_offset)";
+
+/// Writes `candles` (any versions, any order) and the consumed `offsets` (topic, partition, next
+/// offset) in one transaction. Returns the number of rows inserted or changed: replays and
+/// older versions change nothing.
+pub async fn write_batch(
+    client: &mut Client,
+    mode: StorageMode,
+    candles: &[Candle],
+    offsets: &[(String, i32, i64)],
+) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    if mode == StorageMode::Plain {
+        ensure_partitions(&tx, &months_of(candles)).await?;
+    }
+    tx.batch_execute(STAGING).await?;
+    let sink = tx.copy_in(COPY).await?;
+    let types = [
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::INT8,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::BOOL,
+        Type::INT8,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for c in candles {
+        let first = c.first_trade();
+        let last = c.last_trade();
+        let id =
+            |k: Option<wick_core::TradeKey>| k.map(|k| PgNumeric(wick_core::Decimal::new(i128::from(k.trade_id), 0).unwrap_or_default()));
+        let time = |k: Option<wick_core::TradeKey>| k.map(|k| system_time(k.event_time));
+        let row: [&(dyn ToSql + Sync); 19] = [
+            &c.instrument().as_str(),
+            &c.interval().as_str(),
+            &system_time(c.open_time()),
+            &system_time(c.close_time()),
+            &PgNumeric(c.open()),
+            &PgNumeric(c.high()),
+            &PgNumeric(c.low()),
+            &PgNumeric(c.close()),
+            &PgNumeric(c.volume()),
+            &PgNumeric(c.quote_volume()),
+            &PgNumeric(c.taker_buy_volume()),
+            &PgNumeric(c.taker_buy_quote_volume()),
+            &i64::try_from(c.trade_count()).unwrap_or(i64::MAX),
+            &id(first),
+            &id(last),
+            &time(first),
+            &time(last),
+            &c.is_closed(),
+            &i64::try_from(c.version()).unwrap_or(i64::MAX),
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    let changed = tx.execute(UPSERT, &[]).await?;
+    for (topic, partition, next) in offsets {
+        tx.execute(OFFSETS, &[topic, partition, next]).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// The next offset to consume of every partition of `topic` the writer has committed.
+pub async fn load_offsets(client: &Client, topic: &str) -> Result<Vec<(i32, i64)>, StoreError> {
+    let rows = client.query("SELECT partition, next_offset FROM writer_offsets WHERE topic = $1 ORDER BY partition", &[&topic]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_whole_months() {
+        assert_eq!(
+            partition_sql(2024, 12),
+            "CREATE TABLE IF NOT EXISTS candles_y2024m12 PARTITION OF candles FOR VALUES FROM ('2024-12-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')"
+        );
+        assert_eq!(next_month(2024, 1), (2024, 2));
+        assert_eq!(next_month(2024, 12), (2025, 1));
+    }
+
+    /// The TimescaleDB branch cannot run here (the extension is not packaged); its exact SQL is
+    /// pinned instead. `create_hypertable(relation, time_column, chunk_time_interval =>,
+    /// if_not_exists =>)`, `ALTER TABLE ... SET (timescaledb.compress, ...)` and
+    /// `add_compression_policy(..., if_not_exists =>)` are the TimescaleDB 2.x API on PostgreSQL
+    /// 15 to 17.
+    #[test]
+    fn timescale_sql_is_exactly_this() {
+        let sql = timescale_sql(&TimescaleSettings {
+            chunk_interval: "1 day".into(),
+            compress_after: "14 days".into(),
+            retention: Some("365 days".into()),
+        });
+        let statements: Vec<String> = sql
+            .split(';')
+            .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n").trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(statements.len(), 5, "{statements:#?}");
+        assert!(
+            statements[0].starts_with("CREATE TABLE IF NOT EXISTS candles (")
+                && statements[0].contains("PRIMARY KEY (instrument, interval, open_time)")
+        );
+        assert!(!statements[0].contains("PARTITION BY"));
+        assert_eq!(
+            statements[1],
+            "SELECT create_hypertable('candles', 'open_time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE)"
+        );
+        assert_eq!(
+            statements[2].split_whitespace().collect::<Vec<_>>().join(" "),
+            "ALTER TABLE candles SET ( timescaledb.compress, timescaledb.compress_segmentby = 'instrument, interval', timescaledb.compress_orderby = 'open_time DESC' )"
+        );
+        assert_eq!(statements[3], "SELECT add_compression_policy('candles', INTERVAL '14 days', if_not_exists => TRUE)");
+        assert_eq!(statements[4], "SELECT add_retention_policy('candles', INTERVAL '365 days', if_not_exists => TRUE)");
+        assert!(!timescale_sql(&TimescaleSettings::default()).contains("add_retention_policy"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The store against the real PostgreSQL (plain branch; TimescaleDB is not packaged here, so its
+//! SQL is pinned by unit tests): exact decimals, version guard, idempotent replays, offsets in the
+//! same transaction, partitions across a month boundary, and the storage decision made once.
+
+use proptest::prelude::*;
+use tokio_postgres::Client;
+use wick_core::{Candle, Decimal, Instrument, Interval, TakerSide, Timestamp, Trade};
+use wick_store::{PgNumeric, StorageMode, TimescaleSettings};
+
+async fn store() -> (Client, String) {
+    let (client, schema) = wick_test_support::postgres_schema().await;
+    client.batch_execute(&format!("SET search_path TO {schema}")).await.unwrap();
+    (client, schema)
+}
+
+fn trade(id: u64, rfc3339: &str, price: &str, qty: &str) -> Trade {
+    let t = Timestamp::parse_rfc3339(rfc3339).unwrap();
+    Trade::new(Instrument::new("BINANCE:BTC-USDT").unwrap(), id, price.parse().unwrap(), qty.parse().unwrap(), TakerSide::Buy, t, t)
+        .unwrap()
+}
+
+fn candle(trades: &[Trade]) -> Candle {
+    let mut c = Candle::from_trade(Interval::M1, &trades[0]).unwrap();
+    for t in &trades[1..] {
+        c.apply(t).unwrap();
+    }
+    c
+}
+
+async fn stored(client: &Client) -> Vec<(String, String, String, String, String, i64, bool)> {
+    client
+        .query("SELECT open::text, high::text, volume::text, quote_volume::text, first_trade_id::text, version, closed FROM candles ORDER BY open_time", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_storage_decision_is_made_once_and_recorded() {
+    let (mut client, _schema) = store().await;
+    let settings = TimescaleSettings::default();
+    assert_eq!(wick_store::migrate(&mut client, &settings).await.unwrap(), StorageMode::Plain);
+    assert_eq!(wick_store::migrate(&mut client, &settings).await.unwrap(), StorageMode::Plain, "migrations are idempotent");
+    let recorded: String = client.query_one("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await.unwrap().get(0);
+    assert_eq!(recorded, "postgresql");
+    let partitioned: String = client
+        .query_one("SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'candles'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitioned, "r", "range-partitioned by open time");
+    // A recorded decision is followed, not re-taken: this server has no TimescaleDB, so the
+    // recorded TimescaleDB schema fails instead of silently falling back.
+    client.execute("UPDATE wick_meta SET value = 'timescaledb' WHERE key = 'storage_mode'", &[]).await.unwrap();
+    let err = wick_store::migrate(&mut client, &settings).await.unwrap_err().to_string();
+    assert!(err.contains("create_hypertable"), "{err}");
+}
+
+#[tokio::test]
+async fn upserts_are_exact_version_guarded_and_idempotent_with_their_offsets() {
+    let (mut client, _schema) = store().await;
+    let mode = wick_store::migrate(&mut client, &TimescaleSettings::default()).await.unwrap();
+    let t1 = trade(18_000_000_000_000_000_001, "2026-09-21T12:00:01Z", "63250.10", "0.00001");
+    let t2 = trade(18_000_000_000_000_000_002, "2026-09-21T12:00:30Z", "63260.50", "1.50");
+    let old = candle(std::slice::from_ref(&t1));
+    let mut new = candle(&[t1, t2]);
+    new.mark_closed();
+    let offsets = |n: i64| vec![("candles-completed".to_owned(), 3, n)];
+
+    assert_eq!(wick_store::write_batch(&mut client, mode, std::slice::from_ref(&old), &offsets(10)).await.unwrap(), 1);
+    // Both versions in one batch, newest first or last: the newest wins.
+    assert_eq!(wick_store::write_batch(&mut client, mode, &[new.clone(), old.clone()], &offsets(12)).await.unwrap(), 1);
+    let expected = vec![(
+        "63250.10".to_owned(),
+        "63260.50".to_owned(),
+        "1.50001".to_owned(),
+        "94891.3825010".to_owned(),
+        "18000000000000000001".to_owned(),
+        3,
+        true,
+    )];
+    assert_eq!(stored(&client).await, expected);
+    // An older version and a replay change nothing; offsets never move back.
+    assert_eq!(wick_store::write_batch(&mut client, mode, &[old], &offsets(11)).await.unwrap(), 0);
+    assert_eq!(wick_store::write_batch(&mut client, mode, &[new], &offsets(12)).await.unwrap(), 0);
+    assert_eq!(stored(&client).await, expected);
+    assert_eq!(wick_store::load_offsets(&client, "candles-completed").await.unwrap(), vec![(3, 12)]);
+}
+
+#[tokio::test]
+async fn a_batch_across_a_month_boundary_creates_both_partitions() {
+    let (mut client, schema) = store().await;
+    let mode = wick_store::migrate(&mut client, &TimescaleSettings::default()).await.unwrap();
+    let january = candle(&[trade(1, "2024-01-31T23:59:59.999999Z", "1", "1")]);
+    let february = candle(&[trade(2, "2024-02-01T00:00:00Z", "2", "1")]);
+    assert_eq!(wick_store::write_batch(&mut client, mode, &[january, february], &[]).await.unwrap(), 2);
+    let parts: Vec<String> = client
+        .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1", &[&schema])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(parts, vec!["candles_y2024m01".to_owned(), "candles_y2024m02".to_owned()]);
+    let counts: Vec<i64> = client
+        .query("SELECT count(*) FROM candles_y2024m01 UNION ALL SELECT count(*) FROM candles_y2024m02", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(counts, vec![1, 1]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The binary numeric encoding reads back as the same decimal text, scale included.
+    #[test]
+    fn numeric_encoding_is_exact(coefficient in any::<i64>(), wide in any::<bool>(), scale in 0u8..=30) {
+        let c = if wide { i128::from(coefficient) * 1_000_000_000_000 + 7 } else { i128::from(coefficient) };
+        let d = Decimal::new(c, scale).unwrap();
+        let text: String = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let (client, _) = store().await;
+            client.query_one("SELECT $1::numeric::text", &[&PgNumeric(d)]).await.unwrap().get(0)
+        });
+        prop_assert_eq!(text, d.to_string());
+    }
+}
