@@ -15,6 +15,7 @@ cargo xtask <command>
 Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
+  migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
   bench   [--report | aggregate ring broker feed]: run the benchmarks, write docs/BENCHMARKS.md
 ";
 
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run_ci(),
         Some("stack") => stack::run_stack(&args[1..]),
+        Some("migrate") => stack::migrate(),
         Some("bench") => bench::run_bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");

@@ -130,6 +130,7 @@ fn up() -> Result<()> {
     quickack_on()?;
     broker_up()?;
     postgres_up()?;
+    migrate()?;
     redis_up()?;
     redis_cluster_up()?;
     topics_up()?;
@@ -231,6 +232,21 @@ fn trust_loopback(version: &str) -> Result<()> {
         let _ = Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", "reload"]).status();
     }
     Ok(())
+}
+
+/// Applies the candle schema of `migrations/` (as the persistence-writer does at start) to
+/// `WICK_DATABASE_URL`, or to the stack's database `wick`, which `stack up` creates.
+pub fn migrate() -> Result<()> {
+    let url = std::env::var("WICK_DATABASE_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=wick".into());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (mut client, connection) =
+            tokio_postgres::connect(&url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({url})"))?;
+        tokio::spawn(connection);
+        let mode = wick_store::migrate(&mut client, &wick_store::TimescaleSettings::default()).await?;
+        eprintln!("stack: candle schema applied ({})", mode.as_str());
+        anyhow::Ok(())
+    })
 }
 
 fn redis_binaries() -> Result<()> {
