@@ -164,11 +164,7 @@ async fn batch(
             Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
                 Ok(c) => c,
                 Err(_) => {
-                    let now = Instant::now();
-                    let due: Vec<i32> = pending.iter().filter(|(_, p)| p.since + settings.linger <= now).map(|(k, _)| *k).collect();
-                    for p in due {
-                        send(&mut pending, p, &sinks, &metrics, &clock, &mut stats).await?;
-                    }
+                    send_due(&mut pending, settings.linger, &sinks, &metrics, &clock, &mut stats).await?;
                     continue;
                 }
             },
@@ -211,13 +207,7 @@ async fn batch(
             None => break,
         }
         // Under a steady stream `recv` never times out, so enforce the linger here too.
-        let now = Instant::now();
-        if pending.values().any(|p| p.since + settings.linger <= now) {
-            let due: Vec<i32> = pending.iter().filter(|(_, p)| p.since + settings.linger <= now).map(|(k, _)| *k).collect();
-            for p in due {
-                send(&mut pending, p, &sinks, &metrics, &clock, &mut stats).await?;
-            }
-        }
+        send_due(&mut pending, settings.linger, &sinks, &metrics, &clock, &mut stats).await?;
     }
     let all: Vec<i32> = pending.keys().copied().collect();
     for p in all {
@@ -254,6 +244,23 @@ fn add(
     }
     entry.bytes += TRADE_BYTES;
     (entry.bytes >= max_bytes).then_some(partition)
+}
+
+/// Sends every partition whose first pending trade has waited out the linger.
+async fn send_due(
+    pending: &mut HashMap<i32, Pending>,
+    linger: Duration,
+    sinks: &[mpsc::Sender<Write>],
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    stats: &mut ProducerStats,
+) -> Result<()> {
+    let now = Instant::now();
+    let due: Vec<i32> = pending.iter().filter(|(_, p)| p.since + linger <= now).map(|(k, _)| *k).collect();
+    for p in due {
+        send(pending, p, sinks, metrics, clock, stats).await?;
+    }
+    Ok(())
 }
 
 /// Encodes a partition's pending batches into records and hands them to its writer.

@@ -119,25 +119,27 @@ pub fn encode_trade_batch(instrument: &Instrument, exchange_symbol: &str, trades
     .encode_to_vec()
 }
 
+/// Decodes every item of a batch; the first failure names the item's index.
+fn each_in_batch<T, U>(items: &[T], decode: impl Fn(&T) -> Result<U, WireError>) -> Result<Vec<U>, WireError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| decode(item).map_err(|source| WireError::InBatch { index, source: Box::new(source) }))
+        .collect()
+}
+
 /// Decodes a `market-events` protobuf record into its trades. Every trade must belong to the
 /// batch's instrument; one invalid trade makes the whole record invalid (it goes to the
 /// dead-letter topic as it came).
 pub fn decode_trade_batch(bytes: &[u8]) -> Result<(Instrument, Vec<Trade>), WireError> {
     let batch = pb::TradeBatch::decode(bytes).map_err(|e| WireError::Protobuf { message: "TradeBatch", reason: e.to_string() })?;
     let instrument = Instrument::new(&batch.instrument).map_err(|e| invalid("instrument", e))?;
-    let trades = batch
-        .trades
-        .iter()
-        .enumerate()
-        .map(|(index, t)| {
-            let decoded = if !t.instrument.is_empty() && t.instrument != batch.instrument {
-                Err(invalid("instrument", format!("trade of {} in a batch of {}", t.instrument, batch.instrument)))
-            } else {
-                trade_from_wire(t, &instrument)
-            };
-            decoded.map_err(|source| WireError::InBatch { index, source: Box::new(source) })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let trades = each_in_batch(&batch.trades, |t| {
+        if !t.instrument.is_empty() && t.instrument != batch.instrument {
+            return Err(invalid("instrument", format!("trade of {} in a batch of {}", t.instrument, batch.instrument)));
+        }
+        trade_from_wire(t, &instrument)
+    })?;
     Ok((instrument, trades))
 }
 
@@ -306,26 +308,18 @@ pub fn encode_candle_batch(instrument: &Instrument, events: &[(CandleEventKind, 
 pub fn decode_candle_batch(bytes: &[u8]) -> Result<(Instrument, Vec<(CandleEventKind, Candle)>), WireError> {
     let batch = pb::CandleBatch::decode(bytes).map_err(|e| WireError::Protobuf { message: "CandleBatch", reason: e.to_string() })?;
     let instrument = Instrument::new(&batch.instrument).map_err(|e| invalid("instrument", e))?;
-    let events = batch
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, e)| {
-            let decoded = (|| {
-                let kind = match pb::CandleEventKind::try_from(e.kind) {
-                    Ok(pb::CandleEventKind::Update) => CandleEventKind::Update,
-                    Ok(pb::CandleEventKind::Final) => CandleEventKind::Final,
-                    Ok(pb::CandleEventKind::Revision) => CandleEventKind::Revision,
-                    _ => return Err(invalid("kind", format!("unknown candle event kind {}", e.kind))),
-                };
-                let candle = candle_from_wire(e.candle.as_ref().ok_or(WireError::Missing { field: "candle" })?)?;
-                if !candle.instrument().same_as(&instrument) {
-                    return Err(invalid("instrument", format!("candle of {} in a batch of {instrument}", candle.instrument())));
-                }
-                Ok((kind, candle))
-            })();
-            decoded.map_err(|source| WireError::InBatch { index, source: Box::new(source) })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let events = each_in_batch(&batch.events, |e| {
+        let kind = match pb::CandleEventKind::try_from(e.kind) {
+            Ok(pb::CandleEventKind::Update) => CandleEventKind::Update,
+            Ok(pb::CandleEventKind::Final) => CandleEventKind::Final,
+            Ok(pb::CandleEventKind::Revision) => CandleEventKind::Revision,
+            _ => return Err(invalid("kind", format!("unknown candle event kind {}", e.kind))),
+        };
+        let candle = candle_from_wire(e.candle.as_ref().ok_or(WireError::Missing { field: "candle" })?)?;
+        if !candle.instrument().same_as(&instrument) {
+            return Err(invalid("instrument", format!("candle of {} in a batch of {instrument}", candle.instrument())));
+        }
+        Ok((kind, candle))
+    })?;
     Ok((instrument, events))
 }

@@ -102,6 +102,17 @@ impl Session {
     }
 }
 
+/// Waits until the session has handed `count` trades of `instrument` to the broker.
+async fn wait_published(metrics: &Metrics, instrument: &str, count: u64) {
+    let instrument = wick_core::Instrument::new(instrument).unwrap();
+    wick_test_support::wait_until(&format!("{count} trades of {instrument} are published"), Duration::from_secs(20), || {
+        let done = metrics.published_total(&instrument) == count;
+        async move { done }
+    })
+    .await
+    .unwrap();
+}
+
 /// Every trade published on `market` for `instrument`, in order.
 async fn published(market: &str, instrument: &str) -> Vec<wick_core::Trade> {
     let client = wick_test_support::kafka().await;
@@ -222,13 +233,7 @@ async fn kraken_v1_and_advanced_trade_feeds_subscribe_and_publish() {
     .await;
     let session = start_session(Feed::KrakenV1, "XBT/USD", url, Duration::from_secs(30)).await;
     let metrics = session.metrics.clone();
-    let btc = wick_core::Instrument::new("KRAKEN:BTC-USD").unwrap();
-    wick_test_support::wait_until("both v1 trades are published", Duration::from_secs(20), || {
-        let done = metrics.published_total(&btc) == 2;
-        async move { done }
-    })
-    .await
-    .unwrap();
+    wait_published(&metrics, "KRAKEN:BTC-USD", 2).await;
     let market = session.market.clone();
     let (summary, stats) = session.stop().await;
     assert_eq!((summary.read, summary.rejected, stats.trades), (2, 0, 2), "{summary}");
@@ -245,13 +250,7 @@ async fn kraken_v1_and_advanced_trade_feeds_subscribe_and_publish() {
     .await;
     let session = start_session(Feed::CoinbaseAdvanced, "ETH-USD", url, Duration::from_secs(30)).await;
     let metrics = session.metrics.clone();
-    let eth = wick_core::Instrument::new("COINBASE:ETH-USD").unwrap();
-    wick_test_support::wait_until("the Advanced Trade trade is published", Duration::from_secs(20), || {
-        let done = metrics.published_total(&eth) == 1;
-        async move { done }
-    })
-    .await
-    .unwrap();
+    wait_published(&metrics, "COINBASE:ETH-USD", 1).await;
     let market = session.market.clone();
     let (_, stats) = session.stop().await;
     assert_eq!(stats.trades, 1);

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use feed_publisher::producer::Producer;
 use feed_publisher::{config::Config, metrics::Metrics, partitioner::partition_for, run};
 use wick_core::{Clock, Instrument, SystemClock, Trade};
+use wick_service::shutdown::{Shutdown, ShutdownTrigger};
 
 struct Topics {
     market: String,
@@ -26,6 +28,15 @@ async fn topics() -> Topics {
     config.kafka.dead_letter_topic = dead_letters.clone();
     config.producer.linger = wick_service::duration::Duration::from_millis(5);
     Topics { market, dead_letters, config }
+}
+
+/// A producer for the test's topics, the clock it uses, and a shutdown that is never triggered.
+async fn start(t: &Topics) -> (Arc<dyn Clock>, Producer, ShutdownTrigger, Shutdown) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let client = run::connect(&t.config).await.unwrap();
+    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
+    let (trigger, shutdown) = wick_service::shutdown::channel();
+    (clock, producer, trigger, shutdown)
 }
 
 /// Every trade on the topic, by instrument in offset order, checking keys and partitions.
@@ -75,10 +86,7 @@ async fn replay_publishes_every_good_line_in_order_and_dead_letters_the_bad_ones
         .collect();
     let json_path = temp_file("more.jsonl", &jsonl);
 
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let client = run::connect(&t.config).await.unwrap();
-    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
-    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let (clock, producer, _trigger, shutdown) = start(&t).await;
     let summary = run::replay(&producer, &[csv_path.clone(), json_path], None, None, clock, &shutdown).await.unwrap();
     let (summary, stats) = run::finish(producer, summary).await.unwrap();
     assert_eq!((summary.read, summary.published, summary.rejected), (503, 502, 1));
@@ -106,10 +114,7 @@ async fn replay_publishes_every_good_line_in_order_and_dead_letters_the_bad_ones
 #[tokio::test]
 async fn a_missing_or_unrecognizable_file_fails_before_anything_is_published() {
     let t = topics().await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let client = run::connect(&t.config).await.unwrap();
-    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
-    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let (clock, producer, _trigger, shutdown) = start(&t).await;
     let good = temp_file("BTCUSDT-trades-2026-09-21.csv", "1,1.0,1.0,1.0,1758412800000,True,True\n");
     let missing = PathBuf::from("/nonexistent/BTCUSDT-trades.csv");
     let err = run::replay(&producer, &[good.clone(), missing], None, None, clock.clone(), &shutdown).await.unwrap_err();
@@ -125,10 +130,7 @@ async fn a_missing_or_unrecognizable_file_fails_before_anything_is_published() {
 #[tokio::test]
 async fn simulate_publishes_exactly_the_count_asked_for() {
     let t = topics().await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let client = run::connect(&t.config).await.unwrap();
-    let producer = run::start_producer(&t.config, client, Metrics::new(), clock.clone()).await.unwrap();
-    let (_trigger, shutdown) = wick_service::shutdown::channel();
+    let (clock, producer, _trigger, shutdown) = start(&t).await;
     let summary = run::simulate(&producer, 3, 200_000.0, 42, Some(2_000), clock, &shutdown).await.unwrap();
     let (summary, _) = run::finish(producer, summary).await.unwrap();
     assert_eq!((summary.read, summary.published), (2_000, 2_000));
