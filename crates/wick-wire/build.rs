@@ -1,7 +1,7 @@
 //! Compiles `proto/wick/v1/*.proto` with prost (needs `protoc`: Debian's `protobuf-compiler`).
 
 fn main() {
-    let protos = ["../../proto/wick/v1/market.proto"];
+    let protos = ["../../proto/wick/v1/market.proto", "../../proto/wick/v1/aggregator.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -20,7 +20,7 @@ const RING_IMPLS: [(&str, &str); 6] = [
     ("std_sync_channel", "`std::sync::mpsc::sync_channel`"),
 ];
 
-const SECTIONS: [&str; 4] = ["aggregate", "ring", "broker", "feed"];
+const SECTIONS: [&str; 5] = ["aggregate", "ring", "broker", "feed", "store"];
 
 pub fn run_bench(args: &[String]) -> Result<()> {
     // `--report` rewrites the document from the last results without measuring; naming sections
@@ -42,6 +42,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
                 "aggregate" => run(cargo().args(["bench", "-p", "wick-core", "--bench", "aggregate"]))?,
                 "ring" => run(cargo().args(["bench", "-p", "wick-core", "--bench", "ring"]))?,
                 "broker" => broker_benches()?,
+                "store" => run(cargo().args(["bench", "-p", "wick-store", "--bench", "upsert"]))?,
                 _ => crate::bench_feed::measure()?,
             }
         }
@@ -62,6 +63,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     ring_section(&mut md, &criterion)?;
     broker_section(&mut md, &criterion)?;
     crate::bench_feed::section(&mut md)?;
+    store_section(&mut md, &criterion)?;
     let path = root.join("docs/BENCHMARKS.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -237,6 +239,37 @@ fn broker_section(md: &mut String, criterion: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Candle upserts per second: (label, criterion id, candles per iteration).
+const UPSERT_WRITERS: [(&str, &str, f64); 3] = [
+    ("Wick: binary `COPY` into staging + one version-guarded `INSERT ... SELECT ... ON CONFLICT`", "upsert/wick_copy/10000", 10_000.0),
+    ("multi-row `INSERT ... VALUES ... ON CONFLICT`, 1000 rows per statement, one transaction per batch", "upsert/multi_row_insert/10000", 10_000.0),
+    ("one `INSERT ... ON CONFLICT` per candle, autocommit", "upsert/row_per_statement/500", 500.0),
+];
+
+fn upserts_per_second(criterion: &Path, id: &str, candles: f64) -> Result<f64> {
+    Ok(candles / (median_ns(criterion, id)? / 1e9))
+}
+
+fn store_section(md: &mut String, criterion: &Path) -> Result<()> {
+    writeln!(md, "## Candle store (PostgreSQL)\n")?;
+    writeln!(
+        md,
+        "Command: `cargo bench -p wick-store --bench upsert`, against the stack's PostgreSQL (plain partitioned table; \
+         TimescaleDB is not packaged here). Each writer has a schema of its own made by the same migrations and gets the same \
+         batches: half of each batch updates the previous batch's candles with a newer version, half are new candles, all \
+         with the version guard (`WHERE candles.version < EXCLUDED.version`).\n"
+    )?;
+    writeln!(md, "| writer | candles per batch | candle upserts/s | Wick vs this |")?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    let wick = upserts_per_second(criterion, UPSERT_WRITERS[0].1, UPSERT_WRITERS[0].2)?;
+    for (label, id, candles) in UPSERT_WRITERS {
+        let rate = upserts_per_second(criterion, id, candles)?;
+        writeln!(md, "| {label} | {candles:.0} | {rate:.0} | {:.1}x |", wick / rate)?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
 /// The goals of the issue that introduced each benchmark, met or not, with what limits a miss.
 fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     let agg = |name: &str| median_ns(criterion, &format!("aggregate/{name}"));
@@ -272,6 +305,10 @@ fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     let per_trade = allocs["allocations"].as_f64().unwrap_or(f64::NAN) / allocs["trades"].as_f64().unwrap_or(f64::NAN);
     writeln!(md, "| zero heap allocations per trade once warm | {per_trade} | {} |", verdict(per_trade == 0.0))?;
     writeln!(md, "| all 16 intervals <= 3x one | {:.2}x | {} |", all / one, verdict(all / one <= 3.0))?;
+    let rate = |i: usize| upserts_per_second(criterion, UPSERT_WRITERS[i].1, UPSERT_WRITERS[i].2);
+    let (wick, multi, single) = (rate(0)?, rate(1)?, rate(2)?);
+    writeln!(md, "| candle upserts >= 5x multi-row `INSERT` | {:.1}x | {} |", wick / multi, verdict(wick / multi >= 5.0))?;
+    writeln!(md, "| candle upserts >= 100x one row per statement | {:.0}x | {} |", wick / single, verdict(wick / single >= 100.0))?;
     writeln!(md)?;
     writeln!(md, "What limits the misses (read with the tables below):\n")?;
     writeln!(

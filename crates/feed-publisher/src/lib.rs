@@ -2,7 +2,8 @@
 //! `market-events`.
 //!
 //! - [`producer`]: trades batched per instrument into records and per partition into requests, with
-//!   linger, size limit, lz4, bounded memory and a dead-letter path; [`partitioner`]: Kafka's murmur2.
+//!   linger, size limit, lz4, bounded memory and a dead-letter path (partitions by Kafka's murmur2,
+//!   `wick_kafka::partitioner`).
 //! - [`run`]: the `simulate` ([`simulate`]) and `replay` ([`replay`]) commands.
 //! - [`live`]: the `live` command's WebSocket sessions (subscribe, keep alive, reconnect with
 //!   backoff, de-duplicate, count gaps) over [`exchange`]'s message parsers and symbol mapping.
@@ -11,7 +12,6 @@ pub mod config;
 pub mod exchange;
 pub mod live;
 pub mod metrics;
-pub mod partitioner;
 pub mod producer;
 pub mod replay;
 pub mod run;

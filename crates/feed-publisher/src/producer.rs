@@ -19,7 +19,7 @@ use wick_core::{Clock, Instrument, Trade};
 
 use crate::exchange;
 use crate::metrics::Metrics;
-use crate::partitioner::partition_for;
+use wick_kafka::partitioner::partition_for;
 
 /// Producer settings.
 #[derive(Clone, Debug)]

@@ -4,6 +4,8 @@
 //! rskafka has no consumer groups and no offset tracking: Wick assigns partitions itself (each
 //! instance owns the partitions `p` with `p mod count == index`) and stores its own offsets.
 
+pub mod partitioner;
+
 use std::time::Duration;
 
 use rskafka::client::{Client, ClientBuilder};
@@ -88,6 +90,21 @@ pub fn owned_partitions(partitions: i32, index: u32, count: u32) -> Result<Vec<i
         return Err(KafkaError::BadAssignment { index, count });
     }
     Ok((0..partitions).filter(|p| (*p as u32) % count == index).collect())
+}
+
+/// A dead letter for a record read from `topic`/`partition` at `offset`: its raw bytes, and the
+/// reason and source in headers (`reason`, `source-topic`, `source-partition`, `source-offset`).
+pub fn dead_letter_record(raw: Vec<u8>, reason: &str, topic: &str, partition: i32, offset: i64) -> rskafka::record::Record {
+    let headers = [
+        ("reason", reason.to_owned()),
+        ("source-topic", topic.to_owned()),
+        ("source-partition", partition.to_string()),
+        ("source-offset", offset.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+    .collect();
+    rskafka::record::Record { key: None, value: Some(raw), headers, timestamp: chrono::Utc::now() }
 }
 
 /// Records behind: the high watermark (the offset the next record will get, returned by every

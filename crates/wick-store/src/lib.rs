@@ -13,11 +13,12 @@ use postgres_types::{ToSql, Type};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, GenericClient};
 use wick_core::time::{civil_from_days, days_from_civil, MICROS_PER_DAY};
-use wick_core::{Candle, Timestamp};
+use wick_core::{Candle, Interval, Timestamp};
 
 pub use numeric::PgNumeric;
 
 const BASE: &str = include_str!("../../../migrations/0001_base.sql");
+const CHECKPOINTS: &str = include_str!("../../../migrations/0003_aggregator_checkpoints.sql");
 const COLUMNS: &str = include_str!("../../../migrations/0002_candles_columns.sql");
 const PLAIN: &str = include_str!("../../../migrations/0002_candles_plain.sql");
 const TIMESCALE: &str = include_str!("../../../migrations/0002_candles_timescale.sql");
@@ -97,6 +98,7 @@ pub fn plain_sql() -> String {
 /// `CREATE EXTENSION timescaledb`; the decision is recorded in `wick_meta` and logged.
 pub async fn migrate(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
     client.batch_execute(BASE).await?;
+    client.batch_execute(CHECKPOINTS).await?;
     let recorded = client.query_opt("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await?;
     let mode = match recorded.map(|r| r.get::<_, String>(0)) {
         Some(m) if m == StorageMode::Timescale.as_str() => StorageMode::Timescale,
@@ -134,6 +136,36 @@ async fn decide(client: &mut Client) -> Result<StorageMode, StoreError> {
             tx.rollback().await?;
             Ok(StorageMode::Plain)
         }
+    }
+}
+
+/// Creates the database that `config` names when the server says it does not exist (SQLSTATE
+/// 3D000), by connecting to the `postgres` database of the same server. Returns whether it
+/// created it.
+pub async fn ensure_database(config: &tokio_postgres::Config) -> Result<bool, StoreError> {
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => Ok(false),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            let name = config.get_dbname().unwrap_or("postgres").to_owned();
+            let mut admin = config.clone();
+            admin.dbname("postgres");
+            let (client, connection) = admin.connect(tokio_postgres::NoTls).await?;
+            let task = tokio::spawn(connection);
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            let created = match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+                Ok(()) => true,
+                // Another instance created it first.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => false,
+                Err(e) => return Err(e.into()),
+            };
+            drop(client);
+            let _ = task.await;
+            if created {
+                tracing::info!(database = %name, "database created");
+            }
+            Ok(created)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -177,14 +209,16 @@ fn system_time(t: Timestamp) -> SystemTime {
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS candles_staging (LIKE candles INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
 
-const COPY: &str = "COPY candles_staging (instrument, interval, open_time, close_time, open, high, low, close, volume, quote_volume, \
-    taker_buy_volume, taker_buy_quote_volume, trade_count, first_trade_id, last_trade_id, first_trade_time, last_trade_time, closed, version) \
-    FROM STDIN (FORMAT binary)";
+fn copy_statement() -> String {
+    format!("COPY candles_staging ({COLUMN_NAMES}) FROM STDIN (FORMAT binary)")
+}
 
-/// Newest version per key from the staging table; a row changes only for a newer version.
-const UPSERT: &str = "INSERT INTO candles SELECT DISTINCT ON (instrument, interval, open_time) * FROM candles_staging \
-    ORDER BY instrument, interval, open_time, version DESC \
-    ON CONFLICT (instrument, interval, open_time) DO UPDATE SET \
+/// Staging holds each key once ([`write_batch`] keeps the newest version of each); a row changes
+/// only for a newer version.
+const UPSERT_FROM_STAGING: &str = "INSERT INTO candles SELECT * FROM candles_staging ";
+
+/// The SET clause of the upsert, shared with the naive writers of the benchmark.
+pub const UPSERT_SET: &str = "ON CONFLICT (instrument, interval, open_time) DO UPDATE SET \
     close_time = EXCLUDED.close_time, open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, \
     volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, taker_buy_volume = EXCLUDED.taker_buy_volume, \
     taker_buy_quote_volume = EXCLUDED.taker_buy_quote_volume, trade_count = EXCLUDED.trade_count, \
@@ -195,6 +229,75 @@ const UPSERT: &str = "INSERT INTO candles SELECT DISTINCT ON (instrument, interv
 const OFFSETS: &str = "INSERT INTO writer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(writer_offsets.next_offset, EXCLUDED.next_offset)";
 
+/// The column values of one candle row, in the order of the `candles` table (and of [`COLUMNS`]).
+#[derive(Debug)]
+pub struct CandleRow<'a> {
+    instrument: &'a str,
+    interval: &'static str,
+    closed: bool,
+    open_time: SystemTime,
+    close_time: SystemTime,
+    first_id: Option<PgNumeric>,
+    last_id: Option<PgNumeric>,
+    first_time: Option<SystemTime>,
+    last_time: Option<SystemTime>,
+    numbers: [PgNumeric; 8],
+    trade_count: i64,
+    version: i64,
+}
+
+/// The candle columns in table order.
+pub const COLUMN_NAMES: &str = "instrument, interval, open_time, close_time, open, high, low, close, volume, quote_volume, \
+    taker_buy_volume, taker_buy_quote_volume, trade_count, first_trade_id, last_trade_id, first_trade_time, last_trade_time, closed, version";
+
+impl<'a> CandleRow<'a> {
+    pub fn new(c: &'a Candle) -> CandleRow<'a> {
+        let id = |k: Option<wick_core::TradeKey>| k.map(|k| PgNumeric(wick_core::Decimal::new(i128::from(k.trade_id), 0).unwrap_or_default()));
+        let time = |k: Option<wick_core::TradeKey>| k.map(|k| system_time(k.event_time));
+        CandleRow {
+            instrument: c.instrument().as_str(),
+            interval: c.interval().as_str(),
+            closed: c.is_closed(),
+            open_time: system_time(c.open_time()),
+            close_time: system_time(c.close_time()),
+            first_id: id(c.first_trade()),
+            last_id: id(c.last_trade()),
+            first_time: time(c.first_trade()),
+            last_time: time(c.last_trade()),
+            numbers: [c.open(), c.high(), c.low(), c.close(), c.volume(), c.quote_volume(), c.taker_buy_volume(), c.taker_buy_quote_volume()]
+                .map(PgNumeric),
+            trade_count: i64::try_from(c.trade_count()).unwrap_or(i64::MAX),
+            version: i64::try_from(c.version()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The 19 parameters, for `COPY` or an `INSERT`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+        let [open, high, low, close, volume, quote_volume, buy_volume, buy_quote_volume] = &self.numbers;
+        [
+            &self.instrument,
+            &self.interval,
+            &self.open_time,
+            &self.close_time,
+            open,
+            high,
+            low,
+            close,
+            volume,
+            quote_volume,
+            buy_volume,
+            buy_quote_volume,
+            &self.trade_count,
+            &self.first_id,
+            &self.last_id,
+            &self.first_time,
+            &self.last_time,
+            &self.closed,
+            &self.version,
+        ]
+    }
+}
+
 /// Writes `candles` (any versions, any order) and the consumed `offsets` (topic, partition, next
 /// offset) in one transaction. Returns the number of rows inserted or changed: replays and
 /// older versions change nothing.
@@ -204,12 +307,20 @@ pub async fn write_batch(
     candles: &[Candle],
     offsets: &[(String, i32, i64)],
 ) -> Result<u64, StoreError> {
+    // The newest version of each key: one upsert cannot change a row twice.
+    let mut newest: std::collections::HashMap<(&str, Interval, Timestamp), &Candle> = std::collections::HashMap::with_capacity(candles.len());
+    for c in candles {
+        let held = newest.entry((c.instrument().as_str(), c.interval(), c.open_time())).or_insert(c);
+        if held.version() < c.version() {
+            *held = c;
+        }
+    }
     let tx = client.transaction().await?;
     if mode == StorageMode::Plain {
         ensure_partitions(&tx, &months_of(candles)).await?;
     }
     tx.batch_execute(STAGING).await?;
-    let sink = tx.copy_in(COPY).await?;
+    let sink = tx.copy_in(&copy_statement()).await?;
     let types = [
         Type::TEXT,
         Type::TEXT,
@@ -233,42 +344,37 @@ pub async fn write_batch(
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
-    for c in candles {
-        let first = c.first_trade();
-        let last = c.last_trade();
-        let id =
-            |k: Option<wick_core::TradeKey>| k.map(|k| PgNumeric(wick_core::Decimal::new(i128::from(k.trade_id), 0).unwrap_or_default()));
-        let time = |k: Option<wick_core::TradeKey>| k.map(|k| system_time(k.event_time));
-        let row: [&(dyn ToSql + Sync); 19] = [
-            &c.instrument().as_str(),
-            &c.interval().as_str(),
-            &system_time(c.open_time()),
-            &system_time(c.close_time()),
-            &PgNumeric(c.open()),
-            &PgNumeric(c.high()),
-            &PgNumeric(c.low()),
-            &PgNumeric(c.close()),
-            &PgNumeric(c.volume()),
-            &PgNumeric(c.quote_volume()),
-            &PgNumeric(c.taker_buy_volume()),
-            &PgNumeric(c.taker_buy_quote_volume()),
-            &i64::try_from(c.trade_count()).unwrap_or(i64::MAX),
-            &id(first),
-            &id(last),
-            &time(first),
-            &time(last),
-            &c.is_closed(),
-            &i64::try_from(c.version()).unwrap_or(i64::MAX),
-        ];
-        writer.as_mut().write(&row).await?;
+    for c in newest.into_values() {
+        let row = CandleRow::new(c);
+        writer.as_mut().write(&row.params()).await?;
     }
     writer.finish().await?;
-    let changed = tx.execute(UPSERT, &[]).await?;
+    let changed = tx.execute(&format!("{UPSERT_FROM_STAGING}{UPSERT_SET}"), &[]).await?;
     for (topic, partition, next) in offsets {
         tx.execute(OFFSETS, &[topic, partition, next]).await?;
     }
     tx.commit().await?;
     Ok(changed)
+}
+
+/// Stores the checkpoint of one partition (replacing the previous one).
+pub async fn save_checkpoint(client: &impl GenericClient, topic: &str, partition: i32, next_offset: i64, state: &[u8]) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO aggregator_checkpoints (topic, partition, next_offset, state) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state, written_at = now()",
+            &[&topic, &partition, &next_offset, &state],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The checkpoint of one partition: its next offset and state.
+pub async fn load_checkpoint(client: &impl GenericClient, topic: &str, partition: i32) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    let row = client
+        .query_opt("SELECT next_offset, state FROM aggregator_checkpoints WHERE topic = $1 AND partition = $2", &[&topic, &partition])
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// The next offset to consume of every partition of `topic` the writer has committed.

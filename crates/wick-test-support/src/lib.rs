@@ -273,3 +273,205 @@ impl Drop for BrokerProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            bail!("{what} on port {port} did not start ({exited:?}): {}", tail.join(" | "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, a free port), so that a
+/// test can stop and restart a real server without disturbing the others. As root, the server
+/// runs as the `postgres` user (PostgreSQL refuses to run as root).
+#[derive(Debug)]
+pub struct PostgresProcess {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PostgresProcess {
+    pub fn start() -> Result<PostgresProcess> {
+        let root = Path::new("/usr/lib/postgresql");
+        let mut versions: Vec<PathBuf> =
+            std::fs::read_dir(root).context("PostgreSQL server binaries (/usr/lib/postgresql) are not installed")?.flatten().map(|e| e.path()).collect();
+        versions.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+        let bin = versions.pop().context("no PostgreSQL version under /usr/lib/postgresql")?.join("bin");
+        let dir = std::env::temp_dir().join(unique_name("wick-pg"));
+        std::fs::create_dir_all(&dir)?;
+        let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        if as_postgres {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+            if !status.success() {
+                bail!("chown of {} to postgres failed", dir.display());
+            }
+        }
+        let pg = PostgresProcess { bin, dir, port: free_port()?, as_postgres };
+        let data = pg.dir.join("data");
+        let out = pg.command("initdb").arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]).output()?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+
+    fn start_server(&self) -> Result<()> {
+        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", self.port, self.dir.display());
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "start"])
+            .output()?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            bail!("pg_ctl start failed: {} {log}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server at once (`immediate`: like a crash, no checkpoint).
+    pub fn stop(&self) -> Result<()> {
+        let out = self.command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "-w", "stop"]).output()?;
+        if !out.status.success() {
+            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    pub fn start_again(&self) -> Result<()> {
+        self.start_server()
+    }
+}
+
+impl Drop for PostgresProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A 3-node Redis cluster of the test's own (no replicas), so a test can stop one node.
+#[derive(Debug)]
+pub struct RedisClusterProcess {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl RedisClusterProcess {
+    pub fn start() -> Result<RedisClusterProcess> {
+        let dir = std::env::temp_dir().join(unique_name("wick-redis-cluster"));
+        std::fs::create_dir_all(&dir)?;
+        let ports = vec![free_port()?, free_port()?, free_port()?];
+        let mut cluster = RedisClusterProcess { dir, children: ports.iter().map(|_| None).collect(), ports };
+        for i in 0..3 {
+            cluster.start_node(i)?;
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli").args(["--cluster", "create"]).args(&nodes).args(["--cluster-replicas", "0", "--cluster-yes"]).output()?;
+        if !out.status.success() {
+            bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<()> {
+        let port = self.ports[i];
+        let node_dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir)?;
+        let log = node_dir.join("redis.log");
+        let mut child = Command::new("redis-server")
+            .current_dir(&node_dir)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no", "--logfile"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (install redis-server, or run `cargo xtask stack up`)")?;
+        wait_for_port(port, "redis-server", &mut child, &log)?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    fn wait_ok(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.ports.iter().all(|p| {
+                Command::new("redis-cli")
+                    .args(["-h", "127.0.0.1", "-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the private Redis cluster on {:?} did not become healthy", self.ports);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=127.0.0.1:<p3>`.
+    pub fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}", self.ports[0], self.ports[1], self.ports[2])
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again (it rejoins from its nodes.conf; its keys are gone) and waits for a
+    /// healthy cluster.
+    pub fn restart_node(&mut self, i: usize) -> Result<()> {
+        self.start_node(i)?;
+        self.wait_ok()
+    }
+}
+
+impl Drop for RedisClusterProcess {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill_node(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

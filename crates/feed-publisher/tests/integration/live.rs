@@ -116,7 +116,7 @@ async fn wait_published(metrics: &Metrics, instrument: &str, count: u64) {
 /// Every trade published on `market` for `instrument`, in order.
 async fn published(market: &str, instrument: &str) -> Vec<wick_core::Trade> {
     let client = wick_test_support::kafka().await;
-    let p = wick_test_support::partition(&client, market, feed_publisher::partitioner::partition_for(instrument.as_bytes(), 16)).await;
+    let p = wick_test_support::partition(&client, market, wick_kafka::partitioner::partition_for(instrument.as_bytes(), 16)).await;
     let (records, _) = wick_test_support::read_to_end(&p, 0, Duration::from_secs(10)).await.unwrap();
     records.iter().flat_map(|r| wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap().1).collect()
 }

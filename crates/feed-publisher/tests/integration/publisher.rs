@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feed_publisher::producer::Producer;
-use feed_publisher::{config::Config, metrics::Metrics, partitioner::partition_for, run};
+use feed_publisher::{config::Config, metrics::Metrics, run};
+use wick_kafka::partitioner::partition_for;
 use wick_core::{Clock, Instrument, SystemClock, Trade};
 use wick_service::shutdown::{Shutdown, ShutdownTrigger};
 

@@ -1,0 +1,292 @@
+//! ingest-aggregator's configuration (YAML file, `WICK__SECTION__KEY` overrides). With no file it
+//! works against the stack of `cargo xtask stack up`; the defaults are the seed's.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use wick_core::Interval;
+use wick_service::config::Validate;
+use wick_service::duration::Duration;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub instance: InstanceConfig,
+    pub consumer: ConsumerConfig,
+    pub ring: RingConfig,
+    pub aggregation: AggregationConfig,
+    pub output: OutputConfig,
+    pub checkpoint: CheckpointConfig,
+    pub ops: OpsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    pub market_events_topic: String,
+    /// Partitions of `market_events_topic` (created with this many when missing).
+    pub market_events_partitions: i32,
+    pub candles_topic: String,
+    pub candles_partitions: i32,
+    /// Malformed and too-late trades go here, with the reason and their source.
+    pub dead_letter_topic: String,
+    pub dead_letter_partitions: i32,
+    /// How long broker requests retry before an outage fails the run.
+    pub request_deadline: Duration,
+}
+
+/// Which partitions this instance owns: `p mod count == index`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub index: u32,
+    pub count: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// A fetch returns once it has this many bytes (or `fetch_max_wait` passed).
+    pub fetch_min_bytes: i32,
+    pub fetch_max_bytes: i32,
+    pub fetch_max_wait: Duration,
+    /// At most this many records are taken from one fetch before the next poll.
+    pub max_poll_records: usize,
+    /// Where to start without a checkpoint: `latest` (the seed's) or `earliest`.
+    pub auto_offset_reset: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingConfig {
+    /// Slots, a power of two.
+    pub buffer_size: usize,
+    /// `yielding` (the seed's), `busy-spin` or `blocking`.
+    pub wait_strategy: String,
+    /// Aggregator shards, each owning instruments by hash.
+    pub num_consumers: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// Intervals to build (default: all 16).
+    pub intervals: Vec<String>,
+    /// The watermark trails each instrument's latest event time by this much.
+    pub allowed_lateness: Duration,
+    /// A trade for a final candle revises it within this window; older ones are dead-lettered as
+    /// `too_late`.
+    pub revision_window: Duration,
+    /// At most one in-progress update per candle per this period.
+    pub update_throttle: Duration,
+    /// How often shards look at the clock (idle watermarks, throttled updates).
+    pub tick: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// How long a partition's first pending record waits for company.
+    pub linger: Duration,
+    /// A produce request is sent once a partition holds this many bytes.
+    pub max_request_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The database holding the checkpoints (`aggregator_checkpoints`).
+    pub database_url: String,
+    /// A schema to work in (default: the server's search path).
+    pub schema: Option<String>,
+    /// How often each owned partition is checkpointed.
+    pub interval: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `/metrics`, `/health/livez`, `/health/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["127.0.0.1:9092".into()],
+            market_events_topic: "market-events".into(),
+            market_events_partitions: 16,
+            candles_topic: "candles-completed".into(),
+            candles_partitions: 4,
+            dead_letter_topic: "market-events-dlq".into(),
+            dead_letter_partitions: 4,
+            request_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig { index: 0, count: 1 }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_min_bytes: 10_240,
+            fetch_max_bytes: 8 * 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(100),
+            max_poll_records: 500,
+            auto_offset_reset: "latest".into(),
+        }
+    }
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { buffer_size: 8192, wait_strategy: "yielding".into(), num_consumers: 4 }
+    }
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        AggregationConfig {
+            intervals: Interval::ALL.iter().map(|i| i.as_str().to_owned()).collect(),
+            allowed_lateness: Duration::from_secs(1),
+            revision_window: Duration::from_secs(600),
+            update_throttle: Duration::from_millis(250),
+            tick: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { linger: Duration::from_millis(5), max_request_bytes: 900_000 }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { database_url: "postgres://postgres@127.0.0.1:5432/wick".into(), schema: None, interval: Duration::from_secs(5) }
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9102)) }
+    }
+}
+
+impl Config {
+    /// The configured intervals (validated).
+    pub fn intervals(&self) -> Vec<Interval> {
+        self.aggregation.intervals.iter().filter_map(|i| i.parse().ok()).collect()
+    }
+
+    pub fn wait_strategy(&self) -> wick_core::ring::WaitStrategy {
+        match self.ring.wait_strategy.as_str() {
+            "busy-spin" => wick_core::ring::WaitStrategy::BusySpin,
+            "blocking" => wick_core::ring::WaitStrategy::Blocking,
+            _ => wick_core::ring::WaitStrategy::Yielding,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.is_empty() {
+            problems.push("kafka.brokers must name at least one broker".into());
+        }
+        for (name, value) in [("market_events_topic", &k.market_events_topic), ("candles_topic", &k.candles_topic), ("dead_letter_topic", &k.dead_letter_topic)] {
+            if value.is_empty() {
+                problems.push(format!("kafka.{name} must not be empty"));
+            }
+        }
+        for (name, value) in
+            [("market_events_partitions", k.market_events_partitions), ("candles_partitions", k.candles_partitions), ("dead_letter_partitions", k.dead_letter_partitions)]
+        {
+            if value < 1 {
+                problems.push(format!("kafka.{name} must be at least 1 (got {value})"));
+            }
+        }
+        if self.instance.count == 0 || self.instance.index >= self.instance.count {
+            problems.push(format!("instance.index ({}) must be below instance.count ({})", self.instance.index, self.instance.count));
+        }
+        let c = &self.consumer;
+        if c.fetch_min_bytes < 1 || c.fetch_max_bytes < c.fetch_min_bytes.max(1024) {
+            problems.push(format!(
+                "consumer.fetch_min_bytes ({}) must be at least 1 and consumer.fetch_max_bytes ({}) at least 1024 and not below it",
+                c.fetch_min_bytes, c.fetch_max_bytes
+            ));
+        }
+        if c.max_poll_records == 0 {
+            problems.push("consumer.max_poll_records must be at least 1".into());
+        }
+        if !matches!(c.auto_offset_reset.as_str(), "latest" | "earliest") {
+            problems.push(format!("consumer.auto_offset_reset must be latest or earliest (got {:?})", c.auto_offset_reset));
+        }
+        if self.ring.buffer_size < 2 || !self.ring.buffer_size.is_power_of_two() {
+            problems.push(format!("ring.buffer_size must be a power of two of at least 2 (got {})", self.ring.buffer_size));
+        }
+        if !matches!(self.ring.wait_strategy.as_str(), "yielding" | "busy-spin" | "blocking") {
+            problems.push(format!("ring.wait_strategy must be yielding, busy-spin or blocking (got {:?})", self.ring.wait_strategy));
+        }
+        if self.ring.num_consumers == 0 || self.ring.num_consumers > 64 {
+            problems.push(format!("ring.num_consumers must be between 1 and 64 (got {})", self.ring.num_consumers));
+        }
+        let a = &self.aggregation;
+        if a.intervals.is_empty() {
+            problems.push("aggregation.intervals must name at least one interval".into());
+        }
+        for i in &a.intervals {
+            if let Err(e) = i.parse::<Interval>() {
+                problems.push(format!("aggregation.intervals: {e}"));
+            }
+        }
+        if a.tick.get().is_zero() {
+            problems.push("aggregation.tick must be above 0".into());
+        }
+        if let Err(e) = self.checkpoint.database_url.parse::<tokio_postgres::Config>() {
+            problems.push(format!("checkpoint.database_url is not a PostgreSQL connection string: {e}"));
+        }
+        if let Some(schema) = &self.checkpoint.schema {
+            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                problems.push(format!("checkpoint.schema must be a plain identifier (got {schema:?})"));
+            }
+        }
+        if self.checkpoint.interval.get().is_zero() {
+            problems.push("checkpoint.interval must be above 0".into());
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds_and_valid() {
+        let c = Config::default();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!((c.ring.buffer_size, c.ring.num_consumers, c.consumer.max_poll_records), (8192, 4, 500));
+        assert_eq!(c.intervals().len(), 16);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut c = Config::default();
+        c.ring.buffer_size = 1000;
+        c.aggregation.intervals = vec!["7m".into()];
+        c.consumer.auto_offset_reset = "middle".into();
+        c.instance.index = 3;
+        assert_eq!(c.validate().len(), 4, "{:#?}", c.validate());
+    }
+}

@@ -1,0 +1,156 @@
+//! Duplicate detection: the trade ids of one instrument already counted, as disjoint ranges.
+//!
+//! Exchanges number trades sequentially per instrument (Binance, Coinbase), so the ids seen form a
+//! few ranges however many trades there are; a reconnect or a replay re-sends ids inside them.
+//! Each range remembers its latest event time: ranges entirely older than the revision window
+//! are forgotten (a trade that old is dead-lettered as too late before it is looked up here).
+//! Memory is bounded by `max_ranges` even for ids with gaps: beyond it, the two oldest ranges are
+//! merged, which can only make an id inside the gap between them count as already seen.
+
+use std::collections::BTreeMap;
+
+use wick_core::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Range {
+    last: u64,
+    max_event_time: Timestamp,
+}
+
+/// The ids seen of one instrument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenIds {
+    /// first id -> range.
+    ranges: BTreeMap<u64, Range>,
+    max_ranges: usize,
+}
+
+impl SeenIds {
+    pub fn new(max_ranges: usize) -> SeenIds {
+        SeenIds { ranges: BTreeMap::new(), max_ranges: max_ranges.max(2) }
+    }
+
+    /// Records `id`; false when it was already seen.
+    #[inline]
+    pub fn insert(&mut self, id: u64, event_time: Timestamp) -> bool {
+        // The common case: the next id of the newest range.
+        if let Some(mut newest) = self.ranges.last_entry() {
+            let r = newest.get_mut();
+            if r.last.checked_add(1) == Some(id) {
+                r.last = id;
+                r.max_event_time = r.max_event_time.max(event_time);
+                return true;
+            }
+        }
+        let below = self.ranges.range(..=id).next_back().map(|(first, r)| (*first, *r));
+        if let Some((_, r)) = below {
+            if r.last >= id {
+                return false;
+            }
+        }
+        let above = id.checked_add(1).and_then(|next| self.ranges.get(&next).copied().map(|r| (next, r)));
+        match (below.filter(|(_, r)| r.last + 1 == id), above) {
+            (Some((first, r)), Some((next, a))) => {
+                self.ranges.remove(&next);
+                self.ranges.insert(first, Range { last: a.last, max_event_time: r.max_event_time.max(a.max_event_time).max(event_time) });
+            }
+            (Some((first, r)), None) => {
+                self.ranges.insert(first, Range { last: id, max_event_time: r.max_event_time.max(event_time) });
+            }
+            (None, Some((next, a))) => {
+                self.ranges.remove(&next);
+                self.ranges.insert(id, Range { last: a.last, max_event_time: a.max_event_time.max(event_time) });
+            }
+            (None, None) => {
+                self.ranges.insert(id, Range { last: id, max_event_time: event_time });
+                if self.ranges.len() > self.max_ranges {
+                    self.merge_oldest();
+                }
+            }
+        }
+        true
+    }
+
+    fn merge_oldest(&mut self) {
+        let mut it = self.ranges.iter();
+        let (Some((&a, &ra)), Some((&b, &rb))) = (it.next(), it.next()) else { return };
+        self.ranges.remove(&b);
+        self.ranges.insert(a, Range { last: rb.last, max_event_time: ra.max_event_time.max(rb.max_event_time) });
+    }
+
+    /// Forgets ranges whose trades are all older than `before`.
+    pub fn forget_before(&mut self, before: Timestamp) {
+        // Keep the newest range whatever its age: it makes the sequential fast path work.
+        let newest = self.ranges.last_key_value().map(|(k, _)| *k);
+        self.ranges.retain(|first, r| r.max_event_time >= before || Some(*first) == newest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// `(first, last, latest event time)` of every range, for checkpoints.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, Timestamp)> + '_ {
+        self.ranges.iter().map(|(first, r)| (*first, r.last, r.max_event_time))
+    }
+
+    /// Rebuilds from [`SeenIds::ranges`].
+    pub fn from_ranges(max_ranges: usize, ranges: impl IntoIterator<Item = (u64, u64, Timestamp)>) -> SeenIds {
+        let mut seen = SeenIds::new(max_ranges);
+        for (first, last, max_event_time) in ranges {
+            if first <= last {
+                seen.ranges.insert(first, Range { last, max_event_time });
+            }
+        }
+        seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_micros(s * 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn sequential_ids_stay_one_range_and_repeats_are_refused() {
+        let mut s = SeenIds::new(16);
+        for id in 100..1100 {
+            assert!(s.insert(id, t(1)));
+        }
+        assert_eq!(s.len(), 1);
+        assert!(!s.insert(100, t(1)) && !s.insert(555, t(1)) && !s.insert(1099, t(1)));
+        assert!(s.insert(1100, t(2)));
+    }
+
+    #[test]
+    fn out_of_order_ids_fill_gaps_and_merge() {
+        let mut s = SeenIds::new(16);
+        for id in [5, 7, 9, 6, 8] {
+            assert!(s.insert(id, t(1)));
+        }
+        assert_eq!(s.ranges().map(|(a, b, _)| (a, b)).collect::<Vec<_>>(), vec![(5, 9)]);
+        assert!(s.insert(4, t(1)) && s.insert(10, t(1)) && !s.insert(7, t(1)));
+        assert!(s.insert(u64::MAX, t(1)) && !s.insert(u64::MAX, t(1)));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_old_ranges_are_forgotten() {
+        let mut s = SeenIds::new(4);
+        for id in (0..100).map(|i| i * 10) {
+            assert!(s.insert(id, t(id as i64)));
+        }
+        assert_eq!(s.len(), 4);
+        assert!(!s.insert(15, t(0)), "a gap inside merged ranges counts as seen: the documented cost of the bound");
+        s.forget_before(t(975));
+        assert_eq!(s.ranges().map(|(a, _, _)| a).collect::<Vec<_>>(), vec![980, 990], "ranges older than the bound are forgotten");
+        let copy = SeenIds::from_ranges(4, s.ranges());
+        assert_eq!(copy, s);
+    }
+}

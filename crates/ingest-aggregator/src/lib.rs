@@ -1,0 +1,177 @@
+//! ingest-aggregator: the owned partitions of `market-events` -> the wick-core ring -> event-time
+//! candles of every configured interval -> `candles-completed`, with nothing lost across crashes.
+//!
+//! - [`pipeline`]: fetch tasks, the ring publisher, shard threads, the output task and the
+//!   checkpoint task, with backpressure from end to end.
+//! - [`shard`]: the aggregation state machine of one shard (watermarks, revisions, duplicates,
+//!   throttled updates, checkpoint state).
+//! - [`dedup`]: trade ids seen, as ranges.
+//!
+//! Delivery: each owned partition is checkpointed in the database (`aggregator_checkpoints`): the
+//! offset of the next record and the state of its instruments at that offset, stored only after
+//! the output derived from the records before it was acknowledged by the broker. A restart
+//! resumes from there: candles that can still change are rebuilt exactly (same content, same
+//! versions), so consumers ignore what they have already seen.
+
+pub mod config;
+pub mod dedup;
+pub mod metrics;
+pub mod pipeline;
+pub mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::mpsc;
+use wick_core::Clock;
+use wick_service::ops::Readiness;
+use wick_service::shutdown::Shutdown;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::{Event, Fetcher, Input};
+use crate::shard::{shard_of, Shard, ShardSettings};
+
+/// At most this many id ranges are kept per instrument for duplicate detection.
+const MAX_ID_RANGES: usize = 4096;
+
+/// Runs the aggregator until `shutdown`; then drains the ring, flushes, checkpoints and returns.
+pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<()> {
+    let pool = checkpoint_pool(&config)?;
+    prepare_database(&config, &pool).await?;
+    let client = Arc::new(wick_kafka::connect(&config.kafka.brokers, config.kafka.request_deadline.get()).await?);
+    let k = &config.kafka;
+    let topics = [
+        (&k.market_events_topic, k.market_events_partitions),
+        (&k.candles_topic, k.candles_partitions),
+        (&k.dead_letter_topic, k.dead_letter_partitions),
+    ]
+    .map(|(name, partitions)| wick_kafka::TopicSpec { name: name.clone(), partitions });
+    wick_kafka::ensure_topics(&client, &k.brokers.join(","), &topics).await?;
+    let owned = wick_kafka::owned_partitions(k.market_events_partitions, config.instance.index, config.instance.count)?;
+    let checkpoints = pipeline::load_checkpoints(&pool, &k.market_events_topic, &owned).await?;
+    tracing::info!(
+        partitions = ?owned,
+        checkpoints = ?checkpoints.iter().map(|(p, (o, s))| (*p, *o, s.instruments.len())).collect::<Vec<_>>(),
+        "ingest-aggregator starting"
+    );
+
+    let shard_count = config.ring.num_consumers;
+    let settings = ShardSettings {
+        intervals: config.intervals(),
+        allowed_lateness_us: micros(config.aggregation.allowed_lateness.get()),
+        revision_window_us: micros(config.aggregation.revision_window.get()),
+        update_throttle_us: micros(config.aggregation.update_throttle.get()),
+        max_id_ranges: MAX_ID_RANGES,
+    };
+    let mut shards: Vec<Shard> = (0..shard_count).map(|i| Shard::new(i, settings.clone())).collect();
+    let now = clock.now();
+    for (partition, (_, state)) in &checkpoints {
+        for instrument in &state.instruments {
+            let target = wick_core::Instrument::new(&instrument.instrument)
+                .map(|i| shard_of(&i, shard_count))
+                .with_context(|| format!("checkpoint of partition {partition}"))?;
+            shards[target].restore(*partition, instrument, now).map_err(|e| anyhow::anyhow!("checkpoint of partition {partition}: {e}"))?;
+        }
+    }
+
+    let (producer, consumers) =
+        wick_core::ring::ring(config.ring.buffer_size, shard_count, config.wait_strategy(), Event::default).context("building the ring")?;
+    let (output_tx, output_rx) = mpsc::channel(1024);
+    let mut threads = Vec::new();
+    for (shard, consumer) in shards.into_iter().zip(consumers) {
+        let (tx, m) = (output_tx.clone(), metrics.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("wick-shard-{}", consumer.index()))
+                .spawn(move || pipeline::run_shard(shard, consumer, tx, m))
+                .context("starting a shard thread")?,
+        );
+    }
+    drop(output_tx);
+    let (input_tx, input_rx) = mpsc::channel::<Input>(64);
+    let m = metrics.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("wick-ring-publisher".into())
+            .spawn(move || pipeline::publish(input_rx, producer, shard_count, m))
+            .context("starting the ring publisher")?,
+    );
+
+    let (checkpoint_tx, checkpoint_rx) = mpsc::channel(64);
+    let checkpointer =
+        tokio::spawn(pipeline::store_checkpoints(pool.clone(), k.market_events_topic.clone(), checkpoint_rx, metrics.clone(), shutdown.clone()));
+    let output = tokio::spawn(pipeline::output(
+        client.clone(),
+        config.clone(),
+        output_rx,
+        checkpoint_tx,
+        shard_count,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut fetchers = Vec::new();
+    for &partition in &owned {
+        let fetcher = Fetcher {
+            client: client.clone(),
+            config: config.clone(),
+            partition,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            readiness: readiness.clone(),
+        };
+        let start = checkpoints.get(&partition).map(|(offset, _)| *offset);
+        fetchers.push(tokio::spawn(fetcher.run(start, input_tx.clone(), shutdown.clone())));
+    }
+    drop(input_tx);
+    readiness.set(true);
+
+    let mut failure: Option<anyhow::Error> = None;
+    for f in fetchers {
+        match f.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e.context("a partition fetcher failed"))),
+            Err(e) => failure = failure.or(Some(anyhow::anyhow!("a partition fetcher panicked: {e}"))),
+        }
+    }
+    // The fetchers are done: the publisher closes the ring, the shards drain it, the output task
+    // produces the rest and hands over the last checkpoints.
+    let result = output.await.context("the output task panicked")?;
+    let stored = checkpointer.await.context("the checkpoint task panicked")?;
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    readiness.set(false);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    result?;
+    stored?;
+    Ok(())
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn checkpoint_pool(config: &Config) -> Result<Pool> {
+    let mut pg: tokio_postgres::Config = config.checkpoint.database_url.parse().context("checkpoint.database_url")?;
+    if let Some(schema) = &config.checkpoint.schema {
+        pg.options(format!("-c search_path={schema}"));
+    }
+    pg.connect_timeout(Duration::from_secs(5));
+    let manager = Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(2).build().context("building the checkpoint database pool")
+}
+
+/// Creates the database if missing and applies the migrations (the checkpoint table among them).
+async fn prepare_database(config: &Config, pool: &Pool) -> Result<()> {
+    let pg: tokio_postgres::Config = config.checkpoint.database_url.parse().context("checkpoint.database_url")?;
+    wick_store::ensure_database(&pg).await.context("creating the checkpoint database")?;
+    let mut db = pool.get().await.context("connecting to the checkpoint database")?;
+    wick_store::migrate(&mut db, &wick_store::TimescaleSettings::default()).await.context("applying the migrations")?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! ingest-aggregator's metrics, declared once; emitted per fetch and per ring batch.
+
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::shard::ShardStats;
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_consumed: IntCounterVec,
+    pub trades_consumed: IntCounter,
+    pub poll_seconds: Histogram,
+    pub lag: IntGaugeVec,
+    pub ring_remaining: IntGauge,
+    pub events_dropped: IntCounter,
+    pub duplicates: IntCounter,
+    pub late: IntCounter,
+    pub too_late: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub candles_emitted: IntCounterVec,
+    pub records_produced: IntCounter,
+    pub produce_seconds: Histogram,
+    pub checkpoints: IntCounter,
+    pub checkpoint_bytes: IntGauge,
+    pub aggregation_errors: IntCounter,
+}
+
+fn check<T>(name: &str, r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    check(name, IntCounter::new(name, help))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    check(name, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    check(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            records_consumed: counter_vec("wick_ingest_records_consumed_total", "market-events records consumed, by partition.", &["partition"]),
+            trades_consumed: counter("wick_ingest_trades_consumed_total", "Trades decoded from consumed records."),
+            poll_seconds: histogram(
+                "wick_ingest_poll_seconds",
+                "Duration of one fetch from the broker.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
+            ),
+            lag: check(
+                "wick_ingest_consumer_lag_records",
+                IntGaugeVec::new(
+                    Opts::new("wick_ingest_consumer_lag_records", "Records behind: log end (high watermark) minus position, by partition."),
+                    &["partition"],
+                ),
+            ),
+            ring_remaining: check(
+                "wick_ingest_ring_remaining_capacity",
+                IntGauge::new("wick_ingest_ring_remaining_capacity", "Free slots of the ring."),
+            ),
+            events_dropped: counter("wick_ingest_events_dropped_total", "Events dropped by the ring: always 0 (a full ring stalls fetching)."),
+            duplicates: counter("wick_ingest_duplicates_total", "Trades counted once already (same instrument and trade id)."),
+            late: counter("wick_ingest_late_trades_total", "Trades for a final candle within the revision window: the candle was revised."),
+            too_late: counter("wick_ingest_too_late_trades_total", "Trades older than the revision window: dead-lettered as too_late."),
+            dead_letters: counter_vec("wick_ingest_dead_letters_total", "Records and trades sent to the dead-letter topic, by reason.", &["reason"]),
+            candles_emitted: counter_vec("wick_ingest_candles_emitted_total", "Candle events published, by kind (update, final, revision).", &["kind"]),
+            records_produced: counter("wick_ingest_records_produced_total", "candles-completed records acknowledged by the broker."),
+            produce_seconds: histogram(
+                "wick_ingest_produce_seconds",
+                "Duration of one produce request.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
+            ),
+            checkpoints: counter("wick_ingest_checkpoints_total", "Partition checkpoints stored."),
+            checkpoint_bytes: check(
+                "wick_ingest_checkpoint_bytes",
+                IntGauge::new("wick_ingest_checkpoint_bytes", "Size of the latest partition checkpoint's state."),
+            ),
+            aggregation_errors: counter("wick_ingest_aggregation_errors_total", "Trades or candles that overflowed the exact arithmetic."),
+        };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.records_consumed.clone()),
+            Box::new(m.trades_consumed.clone()),
+            Box::new(m.poll_seconds.clone()),
+            Box::new(m.lag.clone()),
+            Box::new(m.ring_remaining.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.duplicates.clone()),
+            Box::new(m.late.clone()),
+            Box::new(m.too_late.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.candles_emitted.clone()),
+            Box::new(m.records_produced.clone()),
+            Box::new(m.produce_seconds.clone()),
+            Box::new(m.checkpoints.clone()),
+            Box::new(m.checkpoint_bytes.clone()),
+            Box::new(m.aggregation_errors.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
+        }
+        m
+    }
+
+    /// Adds a shard's counters since its last report.
+    pub fn add_shard_stats(&self, s: &ShardStats) {
+        self.duplicates.inc_by(s.duplicates);
+        self.late.inc_by(s.revised);
+        self.too_late.inc_by(s.too_late);
+        self.dead_letters.with_label_values(&["too_late"]).inc_by(s.too_late);
+        self.dead_letters.with_label_values(&["overflow"]).inc_by(s.errors);
+        self.aggregation_errors.inc_by(s.errors);
+        self.candles_emitted.with_label_values(&["update"]).inc_by(s.updates);
+        self.candles_emitted.with_label_values(&["final"]).inc_by(s.finals);
+        self.candles_emitted.with_label_values(&["revision"]).inc_by(s.revisions);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

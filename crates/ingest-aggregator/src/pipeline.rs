@@ -1,0 +1,480 @@
+//! The moving parts, from broker to broker:
+//!
+//! ```text
+//! fetch task per owned partition --(bounded channel)--> ring publisher thread --> ring
+//!   --> shard threads (each sees every event, keeps its instruments) --(bounded channel)-->
+//!   output task (records per partition, produced and acknowledged) --> checkpoint task (database)
+//! ```
+//!
+//! Backpressure runs the whole way back: a slow broker stalls the output task, whose full channel
+//! stalls the shards, which stop freeing ring slots, which stalls the publisher, whose full
+//! channel stalls fetching. Nothing is dropped anywhere.
+//!
+//! Checkpoints: a fetch task periodically sends a *barrier* for its partition after the trades
+//! before it. Each shard answers with its state of the partition's instruments, after the outputs
+//! derived from those trades; the output task produces everything before a barrier, waits for
+//! every shard's answer, and only then hands the checkpoint (offset and merged state) to the
+//! checkpoint task. So a stored checkpoint never covers output the broker has not acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use deadpool_postgres::Pool;
+use prost::Message;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use rskafka::record::Record;
+use tokio::sync::mpsc;
+use wick_core::ring::{Consumer, Producer, RingClosed};
+use wick_core::{Clock, Timestamp, Trade};
+use wick_service::shutdown::Shutdown;
+use wick_wire::pb;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::{shard_of, Output, Shard};
+
+/// What fetch tasks hand to the ring publisher.
+#[derive(Debug)]
+pub enum Input {
+    Trades { partition: i32, trades: Vec<(i64, Trade)> },
+    Tick { partition: i32, caught_up: bool, now: Timestamp },
+    Barrier { partition: i32, offset: i64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Kind {
+    #[default]
+    Empty,
+    Trade,
+    Tick,
+    Barrier,
+}
+
+/// One ring slot, allocated once and overwritten in place.
+#[derive(Debug, Default)]
+pub struct Event {
+    kind: Kind,
+    shard: usize,
+    partition: i32,
+    offset: i64,
+    caught_up: bool,
+    now: Timestamp,
+    trade: Option<Trade>,
+}
+
+/// The ring publisher: the ring's single producer, fed by every fetch task.
+pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, shards: usize, metrics: Metrics) {
+    let capacity = producer.capacity() as i64;
+    while let Some(input) = rx.blocking_recv() {
+        let published = match input {
+            Input::Trades { partition, trades } => {
+                let mut trades = trades.into_iter();
+                producer.publish_batch(trades.len(), |_, slot| {
+                    if let Some((offset, trade)) = trades.next() {
+                        slot.kind = Kind::Trade;
+                        slot.shard = shard_of(trade.instrument(), shards);
+                        slot.partition = partition;
+                        slot.offset = offset;
+                        slot.trade = Some(trade);
+                    }
+                })
+            }
+            Input::Tick { partition, caught_up, now } => producer.publish(|slot| {
+                slot.kind = Kind::Tick;
+                slot.partition = partition;
+                slot.caught_up = caught_up;
+                slot.now = now;
+            }),
+            Input::Barrier { partition, offset } => producer.publish(|slot| {
+                slot.kind = Kind::Barrier;
+                slot.partition = partition;
+                slot.offset = offset;
+            }),
+        };
+        metrics.ring_remaining.set(capacity - producer.occupancy() as i64);
+        if published.is_err() {
+            tracing::error!("every shard is gone: the ring publisher stops");
+            return;
+        }
+    }
+    // Dropping the producer closes the ring: shards drain what was published, then stop.
+}
+
+/// A shard thread: polls the ring until it is closed and drained.
+pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Sender<Output>, metrics: Metrics) {
+    let index = consumer.index();
+    let mut out = Vec::new();
+    loop {
+        let polled = consumer.poll(|e| match e.kind {
+            Kind::Trade if e.shard == index => {
+                if let Some(trade) = &e.trade {
+                    shard.on_trade(trade, e.partition, e.offset, &mut out);
+                }
+            }
+            Kind::Tick => shard.on_tick(e.partition, e.caught_up, e.now),
+            Kind::Barrier => shard.on_barrier(e.partition, e.offset, &mut out),
+            _ => {}
+        });
+        shard.flush(&mut out);
+        metrics.add_shard_stats(&std::mem::take(&mut shard.stats));
+        for o in out.drain(..) {
+            if tx.blocking_send(o).is_err() {
+                tracing::error!(shard = index, "the output task is gone: shard stops");
+                return;
+            }
+        }
+        if polled == Err(RingClosed) {
+            return;
+        }
+    }
+}
+
+/// Exponential backoff with jitter (half to full of the current delay), from 50 ms to 5 s.
+#[derive(Debug)]
+pub struct Backoff {
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        Backoff { current: Duration::from_millis(50), seed }
+    }
+
+    pub fn next(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let delay = self.current.mul_f64(0.5 + (self.seed % 1000) as f64 / 2000.0);
+        self.current = (self.current * 2).min(Duration::from_secs(5));
+        delay
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+/// Produces `records` to `client`, retrying until the broker acknowledges them; gives up only
+/// when shutdown was asked for and the broker still fails (nothing is checkpointed then, so the
+/// records are produced again after the restart).
+async fn produce_acknowledged(client: &PartitionClient, records: Vec<Record>, shutdown: &Shutdown, metrics: &Metrics) -> Result<()> {
+    let mut backoff = Backoff::new();
+    let mut failures_while_stopping = 0;
+    loop {
+        let started = Instant::now();
+        match client.produce(records.clone(), Compression::NoCompression).await {
+            Ok(_) => {
+                metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(topic = client.topic(), partition = client.partition(), error = %e, "produce failed; retrying");
+                if shutdown.is_requested() {
+                    failures_while_stopping += 1;
+                    if failures_while_stopping >= 3 {
+                        bail!("producing to {}/{} at shutdown: {e}", client.topic(), client.partition());
+                    }
+                }
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+struct Pending {
+    records: Vec<Record>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+/// The output side: candle records per partition of `candles-completed`, dead letters, and the
+/// checkpoint barriers. Returns when every shard has stopped and everything is acknowledged.
+pub async fn output(
+    client: Arc<Client>,
+    config: Config,
+    mut rx: mpsc::Receiver<Output>,
+    checkpoints: mpsc::Sender<(i32, i64, Vec<u8>)>,
+    shards: usize,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let mut candles = Vec::new();
+    for p in 0..config.kafka.candles_partitions {
+        candles.push(
+            client
+                .partition_client(config.kafka.candles_topic.clone(), p, UnknownTopicHandling::Retry)
+                .await
+                .with_context(|| format!("{}/{p}", config.kafka.candles_topic))?,
+        );
+    }
+    let mut dead_letters = Vec::new();
+    for p in 0..config.kafka.dead_letter_partitions {
+        dead_letters.push(
+            client
+                .partition_client(config.kafka.dead_letter_topic.clone(), p, UnknownTopicHandling::Retry)
+                .await
+                .with_context(|| format!("{}/{p}", config.kafka.dead_letter_topic))?,
+        );
+    }
+    let new_pending = || Pending { records: Vec::new(), bytes: 0, since: None };
+    let mut pending: Vec<Pending> = (0..candles.len()).map(|_| new_pending()).collect();
+    let mut barriers: HashMap<(i32, i64), (usize, Vec<pb::InstrumentState>)> = HashMap::new();
+    let linger = config.output.linger.get();
+    let partitions = config.kafka.candles_partitions;
+    loop {
+        let deadline = pending.iter().filter_map(|p| p.since).min().map(|t| tokio::time::Instant::from_std(t + linger));
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                flush(&candles, &mut pending, Some(linger), &shutdown, &metrics).await?;
+                continue;
+            }
+        };
+        let Some(received) = received else {
+            flush(&candles, &mut pending, None, &shutdown, &metrics).await?;
+            return Ok(());
+        };
+        match received {
+            Output::Candles { instrument, events } => {
+                let value = wick_wire::encode_candle_batch(&instrument, &events);
+                let p = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions) as usize;
+                let slot = &mut pending[p];
+                slot.bytes += value.len() + instrument.as_str().len() + 64;
+                slot.since.get_or_insert_with(Instant::now);
+                let mut headers = BTreeMap::new();
+                headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_PROTOBUF.as_bytes().to_vec());
+                slot.records.push(Record {
+                    key: Some(instrument.as_str().as_bytes().to_vec()),
+                    value: Some(value),
+                    headers,
+                    timestamp: chrono::Utc::now(),
+                });
+                if slot.bytes >= config.output.max_request_bytes {
+                    let batch = std::mem::replace(slot, new_pending());
+                    let count = batch.records.len() as u64;
+                    produce_acknowledged(&candles[p], batch.records, &shutdown, &metrics).await?;
+                    metrics.records_produced.inc_by(count);
+                }
+            }
+            Output::DeadLetter { value, reason, partition, offset } => {
+                let record = wick_kafka::dead_letter_record(value, reason, &config.kafka.market_events_topic, partition, offset);
+                let target = &dead_letters[partition.rem_euclid(dead_letters.len() as i32) as usize];
+                produce_acknowledged(target, vec![record], &shutdown, &metrics).await?;
+            }
+            Output::Barrier { shard: _, partition, offset, states } => {
+                // Everything the shard derived before the barrier is in `pending` or produced.
+                flush(&candles, &mut pending, None, &shutdown, &metrics).await?;
+                let entry = barriers.entry((partition, offset)).or_default();
+                entry.0 += 1;
+                entry.1.extend(states);
+                if entry.0 == shards {
+                    if let Some((_, mut instruments)) = barriers.remove(&(partition, offset)) {
+                        instruments.sort_by(|a, b| a.instrument.cmp(&b.instrument));
+                        let state = pb::PartitionState { instruments }.encode_to_vec();
+                        if checkpoints.send((partition, offset, state)).await.is_err() {
+                            bail!("the checkpoint task stopped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Produces the partitions whose oldest record waited `linger` (all of them when `None`),
+/// concurrently.
+async fn flush(candles: &[PartitionClient], pending: &mut [Pending], linger: Option<Duration>, shutdown: &Shutdown, metrics: &Metrics) -> Result<()> {
+    let mut requests = Vec::new();
+    for (p, slot) in pending.iter_mut().enumerate() {
+        let due = slot.since.is_some_and(|t| linger.is_none_or(|l| t.elapsed() >= l));
+        if due && !slot.records.is_empty() {
+            let records = std::mem::take(&mut slot.records);
+            slot.bytes = 0;
+            slot.since = None;
+            metrics.records_produced.inc_by(records.len() as u64);
+            requests.push(produce_acknowledged(&candles[p], records, shutdown, metrics));
+        } else if due {
+            slot.since = None;
+        }
+    }
+    for result in futures_util::future::join_all(requests).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Stores checkpoints in order, retrying while the database fails.
+pub async fn store_checkpoints(pool: Pool, topic: String, mut rx: mpsc::Receiver<(i32, i64, Vec<u8>)>, metrics: Metrics, shutdown: Shutdown) -> Result<()> {
+    while let Some((partition, offset, state)) = rx.recv().await {
+        let mut backoff = Backoff::new();
+        let mut failures_while_stopping = 0;
+        loop {
+            let attempt = async {
+                let db = pool.get().await.context("connecting to the checkpoint database")?;
+                wick_store::save_checkpoint(&**db, &topic, partition, offset, &state).await?;
+                anyhow::Ok(())
+            };
+            match attempt.await {
+                Ok(()) => {
+                    metrics.checkpoints.inc();
+                    metrics.checkpoint_bytes.set(state.len() as i64);
+                    tracing::debug!(partition, offset, bytes = state.len(), "checkpoint stored");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition, offset, error = format!("{e:#}"), "storing a checkpoint failed; retrying");
+                    if shutdown.is_requested() {
+                        failures_while_stopping += 1;
+                        if failures_while_stopping >= 3 {
+                            bail!("storing the checkpoint of partition {partition} at shutdown: {e:#}");
+                        }
+                    }
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One owned partition's fetch loop.
+pub(crate) struct Fetcher {
+    pub(crate) client: Arc<Client>,
+    pub config: Config,
+    pub partition: i32,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub readiness: wick_service::ops::Readiness,
+}
+
+impl Fetcher {
+    /// Reads from `start` until shutdown, then sends a last barrier. `None` starts at the log end
+    /// or the beginning, as configured.
+    pub async fn run(self, start: Option<i64>, tx: mpsc::Sender<Input>, shutdown: Shutdown) -> Result<()> {
+        let topic = self.config.kafka.market_events_topic.clone();
+        let source = self
+            .client
+            .partition_client(topic.clone(), self.partition, UnknownTopicHandling::Retry)
+            .await
+            .with_context(|| format!("{topic}/{}", self.partition))?;
+        let dlq_partitions = self.config.kafka.dead_letter_partitions;
+        let dlq = self
+            .client
+            .partition_client(self.config.kafka.dead_letter_topic.clone(), self.partition.rem_euclid(dlq_partitions), UnknownTopicHandling::Retry)
+            .await
+            .with_context(|| format!("dead-letter topic {}", self.config.kafka.dead_letter_topic))?;
+        let reset = if self.config.consumer.auto_offset_reset == "earliest" { OffsetAt::Earliest } else { OffsetAt::Latest };
+        let mut offset = match start {
+            Some(o) => o,
+            None => source.get_offset(reset).await.with_context(|| format!("start offset of {topic}/{}", self.partition))?,
+        };
+        tracing::info!(partition = self.partition, offset, from_checkpoint = start.is_some(), "consuming");
+        let c = &self.config.consumer;
+        let max_wait = i32::try_from(c.fetch_max_wait.get().as_millis()).unwrap_or(i32::MAX);
+        let interval = self.config.checkpoint.interval.get();
+        let mut last_barrier = (Instant::now(), offset);
+        let mut backoff = Backoff::new();
+        let partition_label = self.partition.to_string();
+        loop {
+            let started = Instant::now();
+            let fetched = tokio::select! {
+                r = source.fetch_records(offset, c.fetch_min_bytes..c.fetch_max_bytes, max_wait) => r,
+                _ = shutdown.requested() => break,
+            };
+            let (records, high_watermark) = match fetched {
+                Ok(f) => f,
+                Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                    let earliest = source.get_offset(OffsetAt::Earliest).await.context("earliest offset")?;
+                    tracing::error!(partition = self.partition, offset, earliest, "offset out of range: resuming at the earliest offset");
+                    offset = earliest;
+                    continue;
+                }
+                Err(e) => {
+                    self.readiness.set(false);
+                    tracing::warn!(partition = self.partition, error = %e, "fetch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = shutdown.requested() => break,
+                    }
+                    continue;
+                }
+            };
+            self.readiness.set(true);
+            self.metrics.poll_seconds.observe(started.elapsed().as_secs_f64());
+            let mut consumed = 0u64;
+            let mut trades = Vec::new();
+            for r in records {
+                if r.offset < offset {
+                    continue;
+                }
+                consumed += 1;
+                let raw = r.record.value.unwrap_or_default();
+                let json = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
+                let decoded = if json {
+                    wick_wire::decode_json_trade(&raw, self.clock.now()).map(|t| vec![t])
+                } else {
+                    wick_wire::decode_trade_batch(&raw).map(|(_, t)| t)
+                };
+                match decoded {
+                    Ok(batch) => trades.extend(batch.into_iter().map(|t| (r.offset, t))),
+                    Err(e) => self.dead_letter(&dlq, raw, &e.to_string(), r.offset, &shutdown).await?,
+                }
+                offset = r.offset + 1;
+                if trades.len() >= c.max_poll_records {
+                    self.metrics.trades_consumed.inc_by(trades.len() as u64);
+                    if tx.send(Input::Trades { partition: self.partition, trades: std::mem::take(&mut trades) }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            self.metrics.records_consumed.with_label_values(&[&partition_label]).inc_by(consumed);
+            self.metrics.trades_consumed.inc_by(trades.len() as u64);
+            self.metrics.lag.with_label_values(&[&partition_label]).set(wick_kafka::lag(high_watermark, offset));
+            if !trades.is_empty() && tx.send(Input::Trades { partition: self.partition, trades }).await.is_err() {
+                return Ok(());
+            }
+            let tick = Input::Tick { partition: self.partition, caught_up: offset >= high_watermark, now: self.clock.now() };
+            if tx.send(tick).await.is_err() {
+                return Ok(());
+            }
+            if last_barrier.0.elapsed() >= interval && last_barrier.1 != offset {
+                last_barrier = (Instant::now(), offset);
+                if tx.send(Input::Barrier { partition: self.partition, offset }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        // The shutdown checkpoint: everything read so far.
+        let _ = tx.send(Input::Barrier { partition: self.partition, offset }).await;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {
+        tracing::warn!(partition = self.partition, offset, reason, "malformed record: dead-lettered");
+        let record = wick_kafka::dead_letter_record(raw, reason, &self.config.kafka.market_events_topic, self.partition, offset);
+        produce_acknowledged(dlq, vec![record], shutdown, &self.metrics).await?;
+        self.metrics.dead_letters.with_label_values(&["malformed"]).inc();
+        Ok(())
+    }
+}
+
+/// Loads the checkpoint of each owned partition: (next offset, state), if any.
+pub async fn load_checkpoints(pool: &Pool, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, pb::PartitionState)>> {
+    let db = pool.get().await.context("connecting to the checkpoint database")?;
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        if let Some((offset, bytes)) = wick_store::load_checkpoint(&**db, topic, p).await? {
+            let state = pb::PartitionState::decode(bytes.as_slice()).with_context(|| format!("checkpoint of {topic}/{p} is not a PartitionState"))?;
+            out.insert(p, (offset, state));
+        }
+    }
+    Ok(out)
+}
