@@ -242,7 +242,11 @@ fn broker_section(md: &mut String, criterion: &Path) -> Result<()> {
 /// Candle upserts per second: (label, criterion id, candles per iteration).
 const UPSERT_WRITERS: [(&str, &str, f64); 3] = [
     ("Wick: binary `COPY` into staging + one version-guarded `INSERT ... SELECT ... ON CONFLICT`", "upsert/wick_copy/10000", 10_000.0),
-    ("multi-row `INSERT ... VALUES ... ON CONFLICT`, 1000 rows per statement, one transaction per batch", "upsert/multi_row_insert/10000", 10_000.0),
+    (
+        "multi-row `INSERT ... VALUES ... ON CONFLICT`, 1000 rows per statement, one transaction per batch",
+        "upsert/multi_row_insert/10000",
+        10_000.0,
+    ),
     ("one `INSERT ... ON CONFLICT` per candle, autocommit", "upsert/row_per_statement/500", 500.0),
 ];
 

@@ -19,7 +19,7 @@ const REDIS: &str = "127.0.0.1:6379";
 const TANSU_VERSION: &str = "0.6.0";
 
 /// Wick's topics and their default partition counts.
-const TOPICS: [(&str, i32); 3] = [("market-events", 16), ("candles-completed", 4), ("market-events-dlq", 4)];
+const TOPICS: [(&str, i32); 4] = [("market-events", 16), ("candles-completed", 4), ("market-events-dlq", 4), ("candles-completed-dlq", 4)];
 
 fn cluster_ports() -> Vec<u16> {
     std::env::var("WICK_STACK_REDIS_CLUSTER_PORTS")

@@ -79,6 +79,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let stop = wick_service::shutdown::signal();
     wick_service::init_telemetry();
     let cli = Cli::parse();
     let config: Config = wick_service::config::load(cli.config.as_deref())?;
@@ -96,7 +97,7 @@ async fn main() -> Result<()> {
         .await?;
     tracing::info!(%ops_addr, "operations endpoint up");
     tokio::spawn(async move {
-        wick_service::shutdown::signal().await;
+        stop.await;
         tracing::info!("shutdown requested: flushing");
         trigger.trigger();
     });

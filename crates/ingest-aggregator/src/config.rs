@@ -204,14 +204,20 @@ impl Validate for Config {
         if k.brokers.is_empty() {
             problems.push("kafka.brokers must name at least one broker".into());
         }
-        for (name, value) in [("market_events_topic", &k.market_events_topic), ("candles_topic", &k.candles_topic), ("dead_letter_topic", &k.dead_letter_topic)] {
+        for (name, value) in [
+            ("market_events_topic", &k.market_events_topic),
+            ("candles_topic", &k.candles_topic),
+            ("dead_letter_topic", &k.dead_letter_topic),
+        ] {
             if value.is_empty() {
                 problems.push(format!("kafka.{name} must not be empty"));
             }
         }
-        for (name, value) in
-            [("market_events_partitions", k.market_events_partitions), ("candles_partitions", k.candles_partitions), ("dead_letter_partitions", k.dead_letter_partitions)]
-        {
+        for (name, value) in [
+            ("market_events_partitions", k.market_events_partitions),
+            ("candles_partitions", k.candles_partitions),
+            ("dead_letter_partitions", k.dead_letter_partitions),
+        ] {
             if value < 1 {
                 problems.push(format!("kafka.{name} must be at least 1 (got {value})"));
             }

@@ -101,8 +101,13 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     );
 
     let (checkpoint_tx, checkpoint_rx) = mpsc::channel(64);
-    let checkpointer =
-        tokio::spawn(pipeline::store_checkpoints(pool.clone(), k.market_events_topic.clone(), checkpoint_rx, metrics.clone(), shutdown.clone()));
+    let checkpointer = tokio::spawn(pipeline::store_checkpoints(
+        pool.clone(),
+        k.market_events_topic.clone(),
+        checkpoint_rx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let output = tokio::spawn(pipeline::output(
         client.clone(),
         config.clone(),

@@ -31,6 +31,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let stop = wick_service::shutdown::signal();
     wick_service::init_telemetry();
     let cli = Cli::parse();
     let config: Config = wick_service::config::load(cli.config.as_deref())?;
@@ -39,11 +40,16 @@ async fn main() -> Result<()> {
     let (trigger, shutdown) = wick_service::shutdown::channel();
     let ops_shutdown = shutdown.clone();
     let (ops_addr, ops) =
-        wick_service::ops::serve(config.ops.listen, metrics.registry.clone(), readiness.clone(), async move { ops_shutdown.requested().await })
-            .await?;
+        wick_service::ops::serve(
+            config.ops.listen,
+            metrics.registry.clone(),
+            readiness.clone(),
+            async move { ops_shutdown.requested().await },
+        )
+        .await?;
     tracing::info!(%ops_addr, "operations endpoint up");
     tokio::spawn(async move {
-        wick_service::shutdown::signal().await;
+        stop.await;
         tracing::info!("shutdown requested: draining the ring, flushing and checkpointing");
         trigger.trigger();
     });

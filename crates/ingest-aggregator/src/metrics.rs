@@ -46,7 +46,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::new(),
-            records_consumed: counter_vec("wick_ingest_records_consumed_total", "market-events records consumed, by partition.", &["partition"]),
+            records_consumed: counter_vec(
+                "wick_ingest_records_consumed_total",
+                "market-events records consumed, by partition.",
+                &["partition"],
+            ),
             trades_consumed: counter("wick_ingest_trades_consumed_total", "Trades decoded from consumed records."),
             poll_seconds: histogram(
                 "wick_ingest_poll_seconds",
@@ -64,12 +68,23 @@ impl Metrics {
                 "wick_ingest_ring_remaining_capacity",
                 IntGauge::new("wick_ingest_ring_remaining_capacity", "Free slots of the ring."),
             ),
-            events_dropped: counter("wick_ingest_events_dropped_total", "Events dropped by the ring: always 0 (a full ring stalls fetching)."),
+            events_dropped: counter(
+                "wick_ingest_events_dropped_total",
+                "Events dropped by the ring: always 0 (a full ring stalls fetching).",
+            ),
             duplicates: counter("wick_ingest_duplicates_total", "Trades counted once already (same instrument and trade id)."),
             late: counter("wick_ingest_late_trades_total", "Trades for a final candle within the revision window: the candle was revised."),
             too_late: counter("wick_ingest_too_late_trades_total", "Trades older than the revision window: dead-lettered as too_late."),
-            dead_letters: counter_vec("wick_ingest_dead_letters_total", "Records and trades sent to the dead-letter topic, by reason.", &["reason"]),
-            candles_emitted: counter_vec("wick_ingest_candles_emitted_total", "Candle events published, by kind (update, final, revision).", &["kind"]),
+            dead_letters: counter_vec(
+                "wick_ingest_dead_letters_total",
+                "Records and trades sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            candles_emitted: counter_vec(
+                "wick_ingest_candles_emitted_total",
+                "Candle events published, by kind (update, final, revision).",
+                &["kind"],
+            ),
             records_produced: counter("wick_ingest_records_produced_total", "candles-completed records acknowledged by the broker."),
             produce_seconds: histogram(
                 "wick_ingest_produce_seconds",

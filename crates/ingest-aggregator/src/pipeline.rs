@@ -291,7 +291,13 @@ pub async fn output(
 
 /// Produces the partitions whose oldest record waited `linger` (all of them when `None`),
 /// concurrently.
-async fn flush(candles: &[PartitionClient], pending: &mut [Pending], linger: Option<Duration>, shutdown: &Shutdown, metrics: &Metrics) -> Result<()> {
+async fn flush(
+    candles: &[PartitionClient],
+    pending: &mut [Pending],
+    linger: Option<Duration>,
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+) -> Result<()> {
     let mut requests = Vec::new();
     for (p, slot) in pending.iter_mut().enumerate() {
         let due = slot.since.is_some_and(|t| linger.is_none_or(|l| t.elapsed() >= l));
@@ -312,7 +318,13 @@ async fn flush(candles: &[PartitionClient], pending: &mut [Pending], linger: Opt
 }
 
 /// Stores checkpoints in order, retrying while the database fails.
-pub async fn store_checkpoints(pool: Pool, topic: String, mut rx: mpsc::Receiver<(i32, i64, Vec<u8>)>, metrics: Metrics, shutdown: Shutdown) -> Result<()> {
+pub async fn store_checkpoints(
+    pool: Pool,
+    topic: String,
+    mut rx: mpsc::Receiver<(i32, i64, Vec<u8>)>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> Result<()> {
     while let Some((partition, offset, state)) = rx.recv().await {
         let mut backoff = Backoff::new();
         let mut failures_while_stopping = 0;
@@ -368,7 +380,11 @@ impl Fetcher {
         let dlq_partitions = self.config.kafka.dead_letter_partitions;
         let dlq = self
             .client
-            .partition_client(self.config.kafka.dead_letter_topic.clone(), self.partition.rem_euclid(dlq_partitions), UnknownTopicHandling::Retry)
+            .partition_client(
+                self.config.kafka.dead_letter_topic.clone(),
+                self.partition.rem_euclid(dlq_partitions),
+                UnknownTopicHandling::Retry,
+            )
             .await
             .with_context(|| format!("dead-letter topic {}", self.config.kafka.dead_letter_topic))?;
         let reset = if self.config.consumer.auto_offset_reset == "earliest" { OffsetAt::Earliest } else { OffsetAt::Latest };
@@ -417,7 +433,11 @@ impl Fetcher {
                 }
                 consumed += 1;
                 let raw = r.record.value.unwrap_or_default();
-                let json = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
+                let json = r
+                    .record
+                    .headers
+                    .get(wick_wire::CONTENT_TYPE_HEADER)
+                    .is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
                 let decoded = if json {
                     wick_wire::decode_json_trade(&raw, self.clock.now()).map(|t| vec![t])
                 } else {
@@ -472,7 +492,8 @@ pub async fn load_checkpoints(pool: &Pool, topic: &str, partitions: &[i32]) -> R
     let mut out = BTreeMap::new();
     for &p in partitions {
         if let Some((offset, bytes)) = wick_store::load_checkpoint(&**db, topic, p).await? {
-            let state = pb::PartitionState::decode(bytes.as_slice()).with_context(|| format!("checkpoint of {topic}/{p} is not a PartitionState"))?;
+            let state = pb::PartitionState::decode(bytes.as_slice())
+                .with_context(|| format!("checkpoint of {topic}/{p} is not a PartitionState"))?;
             out.insert(p, (offset, state));
         }
     }

@@ -407,9 +407,14 @@ mod tests {
         // Late for minute 0 (final) but within the 10-minute window: a revision, version 3.
         run(&mut shard, &[trade("SIM:BTC-USD", 3, 30.0, "90")], &mut out);
         assert_eq!(shard.stats.revised, 1);
-        let revised = latest(&out).into_iter().find(|((_, i, t), _)| *i == Interval::M1 && t.as_micros() % (60 * SEC) == 0 && t.as_micros() < 1_700_000_060 * SEC);
+        let revised = latest(&out)
+            .into_iter()
+            .find(|((_, i, t), _)| *i == Interval::M1 && t.as_micros() % (60 * SEC) == 0 && t.as_micros() < 1_700_000_060 * SEC);
         let (_, (kind, c)) = revised.unwrap();
-        assert_eq!((kind, c.trade_count(), c.version(), c.low().to_string(), c.is_closed()), (CandleEventKind::Revision, 2, 3, "90".into(), true));
+        assert_eq!(
+            (kind, c.trade_count(), c.version(), c.low().to_string(), c.is_closed()),
+            (CandleEventKind::Revision, 2, 3, "90".into(), true)
+        );
         out.clear();
         // An hour later, a trade from minute 0 is too late.
         run(&mut shard, &[trade("SIM:BTC-USD", 4, 3700.0, "101"), trade("SIM:BTC-USD", 5, 2.0, "1")], &mut out);
@@ -428,12 +433,15 @@ mod tests {
         // 80 s of clock time, but records are still waiting: no idle advance.
         shard.on_tick(0, false, start.saturating_add_micros(80 * SEC));
         shard.flush(&mut out);
-        assert!(!out.iter().any(|o| matches!(o, Output::Candles { events, .. } if events.iter().any(|(k, _)| *k == CandleEventKind::Final))));
+        assert!(!out
+            .iter()
+            .any(|o| matches!(o, Output::Candles { events, .. } if events.iter().any(|(k, _)| *k == CandleEventKind::Final))));
         // Caught up: the watermark moves by the elapsed time (80 s), closing the 1s and 1m candles
         // but not the 5m one (the trade was at 10 s; 10 - 1 + 80 = 89 s).
         shard.on_tick(0, true, start.saturating_add_micros(80 * SEC));
         shard.flush(&mut out);
-        let finals: Vec<Interval> = latest(&out).into_iter().filter(|(_, (k, _))| *k == CandleEventKind::Final).map(|((_, i, _), _)| i).collect();
+        let finals: Vec<Interval> =
+            latest(&out).into_iter().filter(|(_, (k, _))| *k == CandleEventKind::Final).map(|((_, i, _), _)| i).collect();
         assert_eq!(finals, vec![Interval::S1, Interval::M1]);
     }
 
@@ -448,7 +456,17 @@ mod tests {
         run(&mut shard, &[trade("SIM:BTC-USD", 2, 10.1, "101")], &mut out);
         shard.on_tick(0, false, t0.saturating_add_micros(100_000));
         shard.flush(&mut out);
-        let updates = |out: &[Output]| out.iter().filter_map(|o| if let Output::Candles { events, .. } = o { Some(events.iter().filter(|(k, _)| *k == CandleEventKind::Update).count()) } else { None }).sum::<usize>();
+        let updates = |out: &[Output]| {
+            out.iter()
+                .filter_map(|o| {
+                    if let Output::Candles { events, .. } = o {
+                        Some(events.iter().filter(|(k, _)| *k == CandleEventKind::Update).count())
+                    } else {
+                        None
+                    }
+                })
+                .sum::<usize>()
+        };
         assert_eq!(updates(&out), 4, "one update per interval, then quiet for 250 ms");
         shard.on_tick(0, false, t0.saturating_add_micros(300_000));
         shard.flush(&mut out);

@@ -82,12 +82,7 @@ struct Fetched {
 
 /// Runs the writer until `shutdown`; then commits the batch in hand and returns.
 pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Summary> {
-    let health = Arc::new(Health {
-        broker: AtomicBool::new(false),
-        db: AtomicBool::new(false),
-        readiness,
-        metrics: metrics.clone(),
-    });
+    let health = Arc::new(Health { broker: AtomicBool::new(false), db: AtomicBool::new(false), readiness, metrics: metrics.clone() });
     let pool = database_pool(&config)?;
     let Some(mode) = migrate_with_retries(&config, &pool, &health, &shutdown).await? else {
         return Ok(Summary::default());
@@ -231,7 +226,12 @@ struct Backoff {
 impl Backoff {
     fn new(config: &Config) -> Backoff {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        Backoff { current: config.database.min_backoff.get(), min: config.database.min_backoff.get(), max: config.database.max_backoff.get(), seed }
+        Backoff {
+            current: config.database.min_backoff.get(),
+            min: config.database.min_backoff.get(),
+            max: config.database.max_backoff.get(),
+            seed,
+        }
     }
 
     fn next(&mut self) -> Duration {
@@ -265,8 +265,11 @@ impl Reader {
     /// until shutdown. Returns the dead letters written.
     async fn run(self, start: Option<i64>, tx: mpsc::Sender<Fetched>, shutdown: Shutdown) -> Result<u64> {
         let topic = &self.config.kafka.candles_topic;
-        let source =
-            self.client.partition_client(topic.clone(), self.partition, UnknownTopicHandling::Retry).await.with_context(|| format!("{topic}/{}", self.partition))?;
+        let source = self
+            .client
+            .partition_client(topic.clone(), self.partition, UnknownTopicHandling::Retry)
+            .await
+            .with_context(|| format!("{topic}/{}", self.partition))?;
         let dlq = self
             .client
             .partition_client(self.config.kafka.dead_letter_topic.clone(), self.partition, UnknownTopicHandling::Retry)
@@ -274,7 +277,9 @@ impl Reader {
             .with_context(|| format!("dead-letter topic {}", self.config.kafka.dead_letter_topic))?;
         let mut offset = match start {
             Some(o) => o,
-            None => source.get_offset(OffsetAt::Earliest).await.with_context(|| format!("earliest offset of {topic}/{}", self.partition))?,
+            None => {
+                source.get_offset(OffsetAt::Earliest).await.with_context(|| format!("earliest offset of {topic}/{}", self.partition))?
+            }
         };
         let position = &self.positions[&self.partition];
         position.committed.store(offset, Ordering::Relaxed);
@@ -290,7 +295,12 @@ impl Reader {
                 Ok(f) => f,
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                     let earliest = source.get_offset(OffsetAt::Earliest).await.context("earliest offset")?;
-                    tracing::error!(partition = self.partition, offset, earliest, "offset out of range: records were deleted before they were written; resuming at the earliest");
+                    tracing::error!(
+                        partition = self.partition,
+                        offset,
+                        earliest,
+                        "offset out of range: records were deleted before they were written; resuming at the earliest"
+                    );
                     offset = earliest;
                     continue;
                 }
@@ -323,6 +333,18 @@ impl Reader {
                 }
                 offset = r.offset + 1;
                 advanced = true;
+                // Hand over in pieces, so the batcher can cut batches near their size limit.
+                if candles.len() >= self.config.batch.max_candles {
+                    self.metrics.candles_received.inc_by(candles.len() as u64);
+                    if tx
+                        .send(Fetched { partition: self.partition, next_offset: offset, candles: std::mem::take(&mut candles) })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(dead_letters);
+                    }
+                    advanced = false;
+                }
             }
             if advanced {
                 self.metrics.candles_received.inc_by(candles.len() as u64);
@@ -451,6 +473,7 @@ impl Batcher<'_> {
             };
             match attempt.await {
                 Ok(changed) => {
+                    tracing::debug!(candles = candles.len(), changed, seconds = started.elapsed().as_secs_f64(), "batch committed");
                     self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.batch_candles.observe(candles.len() as f64);
                     self.metrics.rows_written.inc_by(changed);

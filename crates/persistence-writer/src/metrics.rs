@@ -60,13 +60,19 @@ impl Metrics {
             lag: check(
                 "wick_writer_lag_records",
                 IntGaugeVec::new(
-                    Opts::new("wick_writer_lag_records", "Records of a partition not yet committed: high watermark minus committed offset."),
+                    Opts::new(
+                        "wick_writer_lag_records",
+                        "Records of a partition not yet committed: high watermark minus committed offset.",
+                    ),
                     &["partition"],
                 ),
             ),
             dead_letters: check(
                 "wick_writer_dead_letters_total",
-                IntCounterVec::new(Opts::new("wick_writer_dead_letters_total", "Records sent to the dead-letter topic, by reason."), &["reason"]),
+                IntCounterVec::new(
+                    Opts::new("wick_writer_dead_letters_total", "Records sent to the dead-letter topic, by reason."),
+                    &["reason"],
+                ),
             ),
             l2_writes: counter("wick_writer_l2_writes_total", "Candles written to the Redis L2 cache."),
             l2_failures: counter("wick_writer_l2_failures_total", "Failed L2 cache writes (each opens the breaker)."),

@@ -30,7 +30,7 @@ fn candle_records(count: usize) -> Vec<Record> {
         .iter()
         .map(|s| Instrument::new(s).unwrap())
         .collect();
-    let start = Timestamp::parse_rfc3339("2024-01-31T23:50:00Z").unwrap().as_micros();
+    let start = Timestamp::parse_rfc3339("2024-01-31T23:55:00Z").unwrap().as_micros();
     let mut open: BTreeMap<usize, BTreeMap<Interval, Candle>> = BTreeMap::new();
     let mut finals: Vec<Candle> = Vec::new();
     let mut sent: Vec<(CandleEventKind, Candle)> = Vec::new();
@@ -38,10 +38,12 @@ fn candle_records(count: usize) -> Vec<Record> {
     for n in 0..count {
         let k = n % instruments.len();
         let instrument = &instruments[k];
-        // About 40 s of event time per 100 records: the run crosses minutes, hours and the month.
-        let t = Timestamp::from_micros(start + (n as i64) * 400_000 + k as i64).unwrap();
+        // 3 s of event time per record: every instrument gets a new minute every 20 records, and
+        // the run crosses hours and the month.
+        let t = Timestamp::from_micros(start + (n as i64) * 3_000_000 + k as i64).unwrap();
         let price = format!("{}.{:02}", 100 + (n * 7919 % 50), n % 100);
-        let trade = Trade::new(instrument.clone(), n as u64 + 1, price.parse().unwrap(), "0.125".parse().unwrap(), TakerSide::Buy, t, t).unwrap();
+        let trade =
+            Trade::new(instrument.clone(), n as u64 + 1, price.parse().unwrap(), "0.125".parse().unwrap(), TakerSide::Buy, t, t).unwrap();
         let mut events = Vec::new();
         for interval in [Interval::M1, Interval::H1] {
             let series = open.entry(k).or_default();
@@ -65,8 +67,16 @@ fn candle_records(count: usize) -> Vec<Record> {
         if n % 37 == 0 {
             // A late trade revises the latest final candle of this instrument.
             if let Some(f) = finals.iter_mut().rev().find(|c| c.instrument() == instrument) {
-                let late = Trade::new(instrument.clone(), 1_000_000 + n as u64, "99.5".parse().unwrap(), "2".parse().unwrap(), TakerSide::Sell, f.open_time(), f.open_time())
-                    .unwrap();
+                let late = Trade::new(
+                    instrument.clone(),
+                    1_000_000 + n as u64,
+                    "99.5".parse().unwrap(),
+                    "2".parse().unwrap(),
+                    TakerSide::Sell,
+                    f.open_time(),
+                    f.open_time(),
+                )
+                .unwrap();
                 f.apply(&late).unwrap();
                 events.push((CandleEventKind::Revision, f.clone()));
             }
@@ -240,8 +250,13 @@ fn as_rows(candles: &BTreeMap<(String, String, i64), Candle>) -> Vec<String> {
 }
 
 fn l2(url: &str, prefix: &str) -> L2Cache {
-    L2Cache::connect(&CacheSettings { url: url.to_owned(), prefix: prefix.to_owned(), ttl: Duration::from_secs(600), command_timeout: Duration::from_secs(2) })
-        .unwrap()
+    L2Cache::connect(&CacheSettings {
+        url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        ttl: Duration::from_secs(600),
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap()
 }
 
 /// For every expected candle, the version the cache holds (0 when absent).
@@ -336,12 +351,23 @@ async fn malformed_records_are_dead_lettered_with_their_source_and_counted() {
     assert_eq!(letter.value.as_deref(), Some(&b"not a candle batch"[..]));
     let header = |k: &str| String::from_utf8(letter.headers[k].clone()).unwrap();
     assert!(header("reason").contains("CandleBatch"), "{}", header("reason"));
-    assert_eq!((header("source-topic"), header("source-partition"), header("source-offset")), (env.topic.clone(), "0".into(), offsets[0].to_string()));
+    assert_eq!(
+        (header("source-topic"), header("source-partition"), header("source-offset")),
+        (env.topic.clone(), "0".into(), offsets[0].to_string())
+    );
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
 
+/// The service's log, kept for a failing test to show: `target/test-logs/<topic>.log`.
+fn log_file(name: &str) -> Stdio {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+    Stdio::from(file)
+}
+
 /// The binary, configured through the environment as a deployment would.
-fn spawn_binary(config: &Config) -> Child {
+fn spawn_binary(config: &Config, ops: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_persistence-writer"))
         .env("WICK__KAFKA__BROKERS", config.kafka.brokers.join(","))
         .env("WICK__KAFKA__CANDLES_TOPIC", &config.kafka.candles_topic)
@@ -351,10 +377,10 @@ fn spawn_binary(config: &Config) -> Child {
         .env("WICK__DATABASE__SCHEMA", config.database.schema.as_deref().unwrap())
         .env("WICK__REDIS__URL", &config.redis.url)
         .env("WICK__REDIS__KEY_PREFIX", &config.redis.key_prefix)
-        .env("WICK__OPS__LISTEN", "127.0.0.1:0")
+        .env("WICK__OPS__LISTEN", ops)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file(&config.kafka.candles_topic))
         .spawn()
         .unwrap()
 }
@@ -363,7 +389,7 @@ fn spawn_binary(config: &Config) -> Child {
 async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
     let env = env().await;
     let client = wick_test_support::kafka().await;
-    let records = candle_records(4000);
+    let records = candle_records(40_000);
     let want = expected(&records);
     let total: usize = produce(&client, &env.topic, &records).await.values().sum();
     let config = config(&env);
@@ -375,15 +401,18 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = spawn_binary(&config);
-        tokio::time::sleep(Duration::from_millis(150 + seed % 900)).await;
+        let mut child = spawn_binary(&config, "127.0.0.1:0");
+        tokio::time::sleep(Duration::from_millis(400 + seed % 2000)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         progress.push(committed(&env.db, &env.topic).await);
     }
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "committed offsets never move back: {progress:?}");
-    assert!(progress.last().copied().unwrap_or(0) < total as i64 || progress.iter().any(|p| *p > 0), "{progress:?}");
-    let mut child = spawn_binary(&config);
+    let mid_stream = progress.iter().filter(|p| **p > 0 && **p < total as i64).count();
+    assert!(mid_stream >= 3, "at least 3 kills landed mid-stream: {progress:?} of {total}");
+    let ops = format!("127.0.0.1:{}", wick_test_support::free_port().unwrap());
+    let mut child = spawn_binary(&config, &ops);
+    wick_test_support::wait_ready(&ops, Duration::from_secs(30)).await.unwrap();
     wait_committed(&env.db, &env.topic, total, Duration::from_secs(120)).await;
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
@@ -419,9 +448,11 @@ async fn a_postgresql_restart_during_load_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.stop().unwrap();
     let total_second: usize = produce(&client, &env.topic, second).await.values().sum();
-    wick_test_support::wait_until("readiness drops while the database is down", Duration::from_secs(20), || async { !writer.readiness.get() })
-        .await
-        .unwrap();
+    wick_test_support::wait_until("readiness drops while the database is down", Duration::from_secs(20), || async {
+        !writer.readiness.get()
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.start_again().unwrap();
 

@@ -10,7 +10,8 @@ fn candle(instrument: &str, minute: i64, trades: u64) -> Candle {
     let instrument = Instrument::new(instrument).unwrap();
     let t = Timestamp::from_micros(1_700_000_000_000_000 + minute * 60_000_000).unwrap();
     let trade = |id: u64| {
-        Trade::new(instrument.clone(), id, format!("{}.5", 100 + id).parse().unwrap(), "0.01".parse().unwrap(), TakerSide::Sell, t, t).unwrap()
+        Trade::new(instrument.clone(), id, format!("{}.5", 100 + id).parse().unwrap(), "0.01".parse().unwrap(), TakerSide::Sell, t, t)
+            .unwrap()
     };
     let mut c = Candle::from_trade(Interval::M1, &trade(1)).unwrap();
     for id in 2..=trades {
@@ -20,10 +21,17 @@ fn candle(instrument: &str, minute: i64, trades: u64) -> Candle {
 }
 
 async fn cache(url: String) -> L2Cache {
-    let cache =
-        L2Cache::connect(&CacheSettings { url, prefix: wick_test_support::redis_prefix(), ttl: Duration::from_secs(60), command_timeout: Duration::from_secs(2) })
-            .unwrap();
-    cache.wait_connected(Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("Redis is unreachable ({e}); start the stack with `cargo xtask stack up`"));
+    let cache = L2Cache::connect(&CacheSettings {
+        url,
+        prefix: wick_test_support::redis_prefix(),
+        ttl: Duration::from_secs(60),
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    cache
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("Redis is unreachable ({e}); start the stack with `cargo xtask stack up`"));
     cache
 }
 
@@ -80,6 +88,8 @@ async fn an_unreachable_redis_fails_fast_instead_of_hanging() {
         command_timeout: Duration::from_millis(200),
     })
     .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), c.upsert(&[candle("SIM:BTC-USD", 0, 1)])).await.expect("bounded by the command timeout");
+    let err = tokio::time::timeout(Duration::from_secs(5), c.upsert(&[candle("SIM:BTC-USD", 0, 1)]))
+        .await
+        .expect("bounded by the command timeout");
     assert!(err.is_err());
 }

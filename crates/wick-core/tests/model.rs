@@ -1,16 +1,23 @@
 //! Property tests of the candle model against a deliberately naive reference implementation:
 //! arbitrary-precision decimals (`bigdecimal`), trades sorted before folding, buckets found by
-//! walking the calendar. Whatever the arrival order, Wick must give exactly the reference candles.
+//! walking the calendar. Whatever the arrival order, Wick must give exactly the reference candles,
+//! also when late trades are revised into published finals, and across a snapshot and restore.
 
 use std::collections::BTreeMap;
 
 use bigdecimal::{BigDecimal, RoundingMode};
 use proptest::prelude::*;
+use wick_core::series::Revision;
 use wick_core::{Applied, Candle, CandleSeries, Decimal, Instrument, Interval, TakerSide, Timestamp, Trade, VWAP_SCALE};
 
+const SECOND: i64 = 1_000_000;
+const MINUTE: i64 = 60 * SECOND;
+const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 86_400_000_000;
 /// 2024-01-20T00:00:00Z: the generated trades straddle a month end, a leap day and several weeks.
 const START: i64 = 1_705_708_800_000_000;
+/// 2024-02-01T00:00:00Z: a month boundary that feeds with revisions cluster around.
+const FEBRUARY: i64 = START + 12 * DAY;
 
 fn big(d: Decimal) -> BigDecimal {
     BigDecimal::new(d.coefficient().into(), i64::from(d.scale()))
@@ -169,6 +176,152 @@ fn interval() -> impl Strategy<Value = Interval> {
     prop::sample::select(Interval::ALL.to_vec())
 }
 
+/// One step of a feed: a trade arrives (and is revised when late), or the watermark moves.
+#[derive(Clone, Debug)]
+enum Step {
+    Trade(Trade),
+    /// The watermark becomes the latest event time seen minus `lag`.
+    Advance {
+        lag: i64,
+    },
+}
+
+/// Trades in arrival order, late by anything from nothing to weeks, with watermark moves between them.
+fn feed(max: usize) -> impl Strategy<Value = Vec<Step>> {
+    let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+    let price = prop_oneof![decimal(1_000_000, 4), Just(Decimal::new(15, 1).unwrap()), Just(Decimal::new(150, 2).unwrap())];
+    let side = prop_oneof![Just(TakerSide::Buy), Just(TakerSide::Sell), Just(TakerSide::Unknown)];
+    // Event times bunch around a few instants at several scales, so that buckets of every interval
+    // get several trades, and a month ends in the middle.
+    let anchor = prop::sample::select(vec![START, FEBRUARY - HOUR, FEBRUARY - 2 * SECOND]);
+    let spread = prop::sample::select(vec![3 * SECOND, 5 * MINUTE, 2 * HOUR, 2 * DAY, 16 * DAY]);
+    let delay = prop::sample::select(vec![0, 0, SECOND, MINUTE, HOUR, DAY, 20 * DAY]);
+    let lag = prop::option::weighted(0.3, prop::sample::select(vec![0, SECOND, MINUTE, HOUR, DAY]));
+    let raw = (anchor, spread, 0..i64::MAX, any::<bool>(), delay, 0..i64::MAX, price, decimal(100_000_000, 8), side, lag);
+    prop::collection::vec(raw, 1..max).prop_map(move |raw| {
+        let mut arrivals: Vec<(i64, Trade, Option<i64>)> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(id, (anchor, spread, offset, whole_second, delay, wait, price, qty, side, lag))| {
+                let mut t = anchor + offset % spread;
+                if whole_second {
+                    t -= t % SECOND;
+                }
+                let time = Timestamp::from_micros(t).unwrap();
+                let trade = Trade::new(instrument.clone(), id as u64, price, qty, side, time, time).unwrap();
+                (t + wait % (delay + 1), trade, lag)
+            })
+            .collect();
+        arrivals.sort_by_key(|(arrival, trade, _)| (*arrival, trade.trade_id()));
+        arrivals
+            .into_iter()
+            .flat_map(|(_, trade, lag)| std::iter::once(Step::Trade(trade)).chain(lag.map(|lag| Step::Advance { lag })))
+            .collect()
+    })
+}
+
+fn interval_set() -> impl Strategy<Value = Vec<Interval>> {
+    use Interval::*;
+    prop_oneof![Just(vec![S1, M1, M5, H1, D1, Mo1]), prop::sample::subsequence(Interval::ALL.to_vec(), 1..=6)]
+}
+
+fn revision_window() -> impl Strategy<Value = i64> {
+    prop::sample::select(vec![0, SECOND, MINUTE, HOUR, DAY, 40 * DAY])
+}
+
+/// Everything a series reports, in order.
+#[derive(Debug, PartialEq)]
+enum Output {
+    Applied(Applied),
+    Revision(Revision),
+    Final(Candle),
+    Revised(Candle),
+}
+
+/// Runs one step the way a consumer would: a late trade is offered to `revise`.
+fn run(series: &mut CandleSeries, step: &Step, max_seen: &mut i64) -> Vec<Output> {
+    let mut out = Vec::new();
+    match step {
+        Step::Trade(trade) => {
+            *max_seen = (*max_seen).max(trade.event_time().as_micros());
+            let applied = series.apply(trade).unwrap();
+            out.push(Output::Applied(applied));
+            if applied == Applied::Late {
+                let mut revised = Vec::new();
+                out.push(Output::Revision(series.revise(trade, &mut |c| revised.push(c)).unwrap()));
+                out.extend(revised.into_iter().map(Output::Revised));
+            }
+        }
+        Step::Advance { lag } => {
+            let horizon = Timestamp::from_micros((*max_seen - lag).max(0)).unwrap();
+            series.advance(horizon, &mut |c| out.push(Output::Final(c))).unwrap();
+        }
+    }
+    out
+}
+
+/// What a consumer knows: the latest report of every final candle, and the trades counted so far.
+#[derive(Default)]
+struct Consumer {
+    latest: BTreeMap<(Interval, i64), Candle>,
+    counted: Vec<Trade>,
+}
+
+impl Consumer {
+    fn take(&mut self, series: &CandleSeries, trade: Option<&Trade>, outputs: Vec<Output>) -> Result<(), TestCaseError> {
+        for output in outputs {
+            match output {
+                Output::Applied(Applied::Open) => self.counted.extend(trade.cloned()),
+                Output::Applied(Applied::Late) => {}
+                Output::Revision(revision) => {
+                    // Only late trades are offered, so the window alone decides.
+                    let time = trade.map(|t| t.event_time().as_micros()).unwrap();
+                    let too_late = time < series.horizon().as_micros() - series.revision_window();
+                    prop_assert_eq!(revision == Revision::TooLate, too_late);
+                    if revision == Revision::Revised {
+                        self.counted.extend(trade.cloned());
+                    }
+                }
+                Output::Final(candle) => {
+                    prop_assert!(candle.is_closed());
+                    let key = (candle.interval(), candle.open_time().as_micros());
+                    prop_assert!(self.latest.insert(key, candle).is_none(), "{:?} finalized twice", key);
+                }
+                Output::Revised(candle) => {
+                    prop_assert!(candle.is_closed());
+                    let key = (candle.interval(), candle.open_time().as_micros());
+                    // One version up from the last report; a bucket without trades starts at one
+                    // trade, closed.
+                    let version = self.latest.get(&key).map_or(2, |last| last.version() + 1);
+                    prop_assert_eq!(candle.version(), version, "revision of {:?}", key);
+                    self.latest.insert(key, candle);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Latest finals and candles in progress, together, are the reference candles of the trades
+    /// counted, each bucket exactly once.
+    fn check(&self, series: &CandleSeries) -> Result<(), TestCaseError> {
+        let intervals: Vec<Interval> = series.intervals().collect();
+        prop_assert!(self.latest.keys().all(|(interval, _)| intervals.contains(interval)));
+        let mut open = Vec::new();
+        series.in_progress(&mut open).unwrap();
+        for interval in intervals {
+            let mut got: BTreeMap<i64, Expected> =
+                self.latest.range((interval, i64::MIN)..=(interval, i64::MAX)).map(|((_, open), c)| (*open, observed(c))).collect();
+            for candle in open.iter().filter(|c| c.interval() == interval) {
+                prop_assert!(!candle.is_closed());
+                let open_time = candle.open_time().as_micros();
+                prop_assert!(got.insert(open_time, observed(candle)).is_none(), "{} {} final and in progress", interval, open_time);
+            }
+            prop_assert_eq!(&got, &reference(interval, &self.counted), "interval {}", interval);
+        }
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -252,6 +405,66 @@ proptest! {
             let got: BTreeMap<i64, Expected> = finals.iter().chain(open.iter()).filter(|c| c.interval() == interval)
                 .map(|c| (c.open_time().as_micros(), observed(c))).collect();
             prop_assert_eq!(got, reference(interval, &sorted[..cut]));
+        }
+    }
+
+    /// Late trades revised within the window, in any order and with any watermark moves: every
+    /// candle's latest report, with the candles in progress, equals the reference of all trades
+    /// except those too late, before and after everything is final.
+    #[test]
+    fn revised_candles_equal_the_reference(
+        steps in feed(300), intervals in interval_set(), window in revision_window(), cut in 0usize..400,
+    ) {
+        let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+        let mut series = CandleSeries::new(instrument, &intervals, Timestamp::MIN).unwrap().with_revision_window(window);
+        let mut consumer = Consumer::default();
+        let mut max_seen = 0;
+        let cut = cut.min(steps.len());
+        for (i, step) in steps.iter().enumerate() {
+            if i == cut {
+                consumer.check(&series)?;
+            }
+            let trade = match step { Step::Trade(t) => Some(t), Step::Advance { .. } => None };
+            let outputs = run(&mut series, step, &mut max_seen);
+            consumer.take(&series, trade, outputs)?;
+        }
+        consumer.check(&series)?;
+        // Idle until every bucket, up to the month, is final.
+        let step = Step::Advance { lag: max_seen - (START + 80 * DAY) };
+        let outputs = run(&mut series, &step, &mut max_seen);
+        consumer.take(&series, None, outputs)?;
+        let mut open = Vec::new();
+        series.in_progress(&mut open).unwrap();
+        prop_assert!(open.is_empty());
+        consumer.check(&series)?;
+    }
+
+    /// A series restored from a snapshot taken at any point gives the same outputs as the
+    /// original for the rest of the feed, and holds the same state after every step.
+    #[test]
+    fn a_restored_series_behaves_like_the_original(
+        steps in feed(200), intervals in interval_set(), window in revision_window(), cut in 0usize..300,
+    ) {
+        let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+        let mut original = CandleSeries::new(instrument.clone(), &intervals, Timestamp::MIN).unwrap().with_revision_window(window);
+        let mut max_seen = 0;
+        let cut = cut.min(steps.len());
+        for step in &steps[..cut] {
+            run(&mut original, step, &mut max_seen);
+        }
+        let snapshot = original.snapshot();
+        let mut restored = CandleSeries::restore(instrument, &intervals, window, snapshot.clone()).unwrap();
+        prop_assert_eq!(restored.snapshot(), snapshot);
+        let finish = Step::Advance { lag: -80 * DAY };
+        for step in steps[cut..].iter().chain([&finish]) {
+            let mut seen_by_restored = max_seen;
+            let expected = run(&mut original, step, &mut max_seen);
+            prop_assert_eq!(run(&mut restored, step, &mut seen_by_restored), expected);
+            prop_assert_eq!(restored.snapshot(), original.snapshot());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            original.in_progress(&mut a).unwrap();
+            restored.in_progress(&mut b).unwrap();
+            prop_assert_eq!(b, a);
         }
     }
 }

@@ -41,7 +41,11 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
         let scalar: Value = if raw.trim().is_empty() {
             Value::String(String::new())
         } else {
-            serde_yaml::from_str(&raw).unwrap_or(Value::String(raw.clone()))
+            // Only scalars: `wick:` or `a: b` in a value is text, not a YAML mapping.
+            match serde_yaml::from_str(&raw) {
+                Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => v,
+                _ => Value::String(raw.clone()),
+            }
         };
         set(&mut value, &path, scalar).with_context(|| format!("applying {key}"))?;
     }
@@ -152,6 +156,8 @@ mod tests {
         assert_eq!(c, Config::default());
         let c: Config =
             load_with_env(Some(&file), env(&[("WICK__PARTITIONS", "4"), ("WICK__KAFKA__BROKERS", "a:1, b:2"), ("OTHER", "x")])).unwrap();
+        let prefixed: Config = load_with_env(None, env(&[("WICK__KAFKA__BROKERS", "prefix:")])).unwrap();
+        assert_eq!(prefixed.kafka.brokers, vec!["prefix:".to_owned()], "a value ending in a colon is text, not a mapping");
         assert_eq!(c.partitions, 4);
         assert_eq!(c.kafka.linger, crate::duration::Duration::from_millis(25));
         assert_eq!(c.kafka.brokers, vec!["a:1".to_owned(), "b:2".to_owned()]);

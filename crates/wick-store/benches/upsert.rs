@@ -75,8 +75,9 @@ async fn multi_row_insert(client: &mut Client, mode: StorageMode, candles: &[Can
     for chunk in candles.chunks(1000) {
         let rows: Vec<CandleRow> = chunk.iter().map(CandleRow::new).collect();
         let params: Vec<_> = rows.iter().flat_map(|r| r.params()).collect();
-        let values: Vec<String> =
-            (0..chunk.len()).map(|i| format!("({})", (1..=19).map(|c| format!("${}", i * 19 + c)).collect::<Vec<_>>().join(", "))).collect();
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", (1..=19).map(|c| format!("${}", i * 19 + c)).collect::<Vec<_>>().join(", ")))
+            .collect();
         let sql = format!("INSERT INTO candles ({COLUMN_NAMES}) VALUES {} {UPSERT_SET}", values.join(", "));
         tx.execute(&sql, &params).await.unwrap();
     }

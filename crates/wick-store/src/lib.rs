@@ -97,6 +97,20 @@ pub fn plain_sql() -> String {
 /// Applies the schema, deciding the storage mode the first time (and only then) by trying
 /// `CREATE EXTENSION timescaledb`; the decision is recorded in `wick_meta` and logged.
 pub async fn migrate(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
+    // Services start together (a Helm release, a test): concurrent `CREATE ... IF NOT EXISTS` can
+    // still collide in the catalog, so migrations run one at a time per database.
+    client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await?;
+    let result = migrate_locked(client, settings).await;
+    let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
+    let mode = result?;
+    unlocked?;
+    Ok(mode)
+}
+
+/// The advisory lock key of migrations (any constant; "wick" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7769_636b;
+
+async fn migrate_locked(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
     client.batch_execute(BASE).await?;
     client.batch_execute(CHECKPOINTS).await?;
     let recorded = client.query_opt("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await?;
@@ -252,7 +266,8 @@ pub const COLUMN_NAMES: &str = "instrument, interval, open_time, close_time, ope
 
 impl<'a> CandleRow<'a> {
     pub fn new(c: &'a Candle) -> CandleRow<'a> {
-        let id = |k: Option<wick_core::TradeKey>| k.map(|k| PgNumeric(wick_core::Decimal::new(i128::from(k.trade_id), 0).unwrap_or_default()));
+        let id =
+            |k: Option<wick_core::TradeKey>| k.map(|k| PgNumeric(wick_core::Decimal::new(i128::from(k.trade_id), 0).unwrap_or_default()));
         let time = |k: Option<wick_core::TradeKey>| k.map(|k| system_time(k.event_time));
         CandleRow {
             instrument: c.instrument().as_str(),
@@ -264,8 +279,17 @@ impl<'a> CandleRow<'a> {
             last_id: id(c.last_trade()),
             first_time: time(c.first_trade()),
             last_time: time(c.last_trade()),
-            numbers: [c.open(), c.high(), c.low(), c.close(), c.volume(), c.quote_volume(), c.taker_buy_volume(), c.taker_buy_quote_volume()]
-                .map(PgNumeric),
+            numbers: [
+                c.open(),
+                c.high(),
+                c.low(),
+                c.close(),
+                c.volume(),
+                c.quote_volume(),
+                c.taker_buy_volume(),
+                c.taker_buy_quote_volume(),
+            ]
+            .map(PgNumeric),
             trade_count: i64::try_from(c.trade_count()).unwrap_or(i64::MAX),
             version: i64::try_from(c.version()).unwrap_or(i64::MAX),
         }
@@ -308,7 +332,8 @@ pub async fn write_batch(
     offsets: &[(String, i32, i64)],
 ) -> Result<u64, StoreError> {
     // The newest version of each key: one upsert cannot change a row twice.
-    let mut newest: std::collections::HashMap<(&str, Interval, Timestamp), &Candle> = std::collections::HashMap::with_capacity(candles.len());
+    let mut newest: std::collections::HashMap<(&str, Interval, Timestamp), &Candle> =
+        std::collections::HashMap::with_capacity(candles.len());
     for c in candles {
         let held = newest.entry((c.instrument().as_str(), c.interval(), c.open_time())).or_insert(c);
         if held.version() < c.version() {
@@ -358,7 +383,13 @@ pub async fn write_batch(
 }
 
 /// Stores the checkpoint of one partition (replacing the previous one).
-pub async fn save_checkpoint(client: &impl GenericClient, topic: &str, partition: i32, next_offset: i64, state: &[u8]) -> Result<(), StoreError> {
+pub async fn save_checkpoint(
+    client: &impl GenericClient,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    state: &[u8],
+) -> Result<(), StoreError> {
     client
         .execute(
             "INSERT INTO aggregator_checkpoints (topic, partition, next_offset, state) VALUES ($1, $2, $3, $4) \

@@ -274,7 +274,8 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A port free at the time of the call.
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -306,8 +307,11 @@ pub struct PostgresProcess {
 impl PostgresProcess {
     pub fn start() -> Result<PostgresProcess> {
         let root = Path::new("/usr/lib/postgresql");
-        let mut versions: Vec<PathBuf> =
-            std::fs::read_dir(root).context("PostgreSQL server binaries (/usr/lib/postgresql) are not installed")?.flatten().map(|e| e.path()).collect();
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
+            .context("PostgreSQL server binaries (/usr/lib/postgresql) are not installed")?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         versions.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
         let bin = versions.pop().context("no PostgreSQL version under /usr/lib/postgresql")?.join("bin");
         let dir = std::env::temp_dir().join(unique_name("wick-pg"));
@@ -400,7 +404,11 @@ impl RedisClusterProcess {
             cluster.start_node(i)?;
         }
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli").args(["--cluster", "create"]).args(&nodes).args(["--cluster-replicas", "0", "--cluster-yes"]).output()?;
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
         if !out.status.success() {
             bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         }
@@ -474,4 +482,27 @@ impl Drop for RedisClusterProcess {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The status of `GET path` on `address` (HTTP/1.0, no body read), for health checks of a service
+/// running as a process.
+pub fn http_status(address: &str, path: &str) -> Result<u16> {
+    let addr = address.to_socket_addrs()?.next().context("no address")?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12).and_then(|s| s.parse().ok()).with_context(|| format!("not an HTTP answer: {text:?}"))
+}
+
+/// Waits until `http://address/health/readyz` answers 200.
+pub async fn wait_ready(address: &str, timeout: Duration) -> Result<()> {
+    let address = address.to_owned();
+    wait_until(&format!("{address} is ready"), timeout, || {
+        let address = address.clone();
+        async move { tokio::task::spawn_blocking(move || http_status(&address, "/health/readyz")).await.ok().and_then(Result::ok) == Some(200) }
+    })
+    .await
 }

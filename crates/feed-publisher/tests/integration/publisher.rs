@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use feed_publisher::producer::Producer;
 use feed_publisher::{config::Config, metrics::Metrics, run};
-use wick_kafka::partitioner::partition_for;
 use wick_core::{Clock, Instrument, SystemClock, Trade};
+use wick_kafka::partitioner::partition_for;
 use wick_service::shutdown::{Shutdown, ShutdownTrigger};
 
 struct Topics {
