@@ -20,7 +20,7 @@ const RING_IMPLS: [(&str, &str); 6] = [
     ("std_sync_channel", "`std::sync::mpsc::sync_channel`"),
 ];
 
-const SECTIONS: [&str; 5] = ["aggregate", "ring", "broker", "feed", "store"];
+const SECTIONS: [&str; 6] = ["aggregate", "ring", "broker", "feed", "store", "ingest"];
 
 pub fn run_bench(args: &[String]) -> Result<()> {
     // `--report` rewrites the document from the last results without measuring; naming sections
@@ -43,6 +43,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
                 "ring" => run(cargo().args(["bench", "-p", "wick-core", "--bench", "ring"]))?,
                 "broker" => broker_benches()?,
                 "store" => run(cargo().args(["bench", "-p", "wick-store", "--bench", "upsert"]))?,
+                "ingest" => run(cargo().args(["bench", "-p", "ingest-aggregator", "--bench", "ingest"]))?,
                 _ => crate::bench_feed::measure()?,
             }
         }
@@ -64,6 +65,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     broker_section(&mut md, &criterion)?;
     crate::bench_feed::section(&mut md)?;
     store_section(&mut md, &criterion)?;
+    ingest_section(&mut md)?;
     let path = root.join("docs/BENCHMARKS.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -274,6 +276,53 @@ fn store_section(md: &mut String, criterion: &Path) -> Result<()> {
     Ok(())
 }
 
+fn ingest_results() -> Result<Value> {
+    let path = root().join("target/wick-bench/ingest.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {} (run `cargo xtask bench ingest`)", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn ingest_section(md: &mut String) -> Result<()> {
+    let r = ingest_results()?;
+    let f = |path: &[&str]| path.iter().fold(&r, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
+    writeln!(md, "## ingest-aggregator, end to end\n")?;
+    writeln!(
+        md,
+        "Command: `cargo bench -p ingest-aggregator --bench ingest`, against the stack's broker on this machine. {} trades of {} \
+         instruments ({} per record, {} records) are loaded into a {}-partition `market-events` topic first; then, in the same \
+         process, (1) a bare rskafka loop fetches every partition to its end and decodes every `TradeBatch` (one task per partition), \
+         and (2) the aggregator runs from a clean checkpoint table until every partition's checkpoint reaches the end of the input, \
+         which it stores only after the broker acknowledged all candle output derived from it (all 16 intervals; {} shards, `{}` \
+         wait strategy). CPU is the process's user + system time (`/proc/self/stat`), the broker's not included.\n",
+        f(&["trades"]),
+        f(&["instruments"]),
+        f(&["trades"]) / f(&["records"]),
+        f(&["records"]),
+        f(&["partitions"]),
+        f(&["wick", "shards"]),
+        r["wick"]["wait_strategy"].as_str().unwrap_or("?"),
+    )?;
+    writeln!(md, "| run | seconds | trades/s | CPU µs per trade | vs bare loop |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| bare rskafka fetch + decode | {:.2} | {:.0} | {:.2} | baseline |",
+        f(&["bare", "seconds"]),
+        f(&["bare", "trades_per_second"]),
+        f(&["bare", "cpu_us_per_trade"])
+    )?;
+    writeln!(
+        md,
+        "| Wick: fetch, decode, ring, 16 intervals, produce, acknowledge, checkpoint | {:.2} | {:.0} | {:.2} | {:.2}x |",
+        f(&["wick", "seconds"]),
+        f(&["wick", "trades_per_second"]),
+        f(&["wick", "cpu_us_per_trade"]),
+        f(&["wick", "trades_per_second"]) / f(&["bare", "trades_per_second"])
+    )?;
+    writeln!(md)?;
+    Ok(())
+}
+
 /// The goals of the issue that introduced each benchmark, met or not, with what limits a miss.
 fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     let agg = |name: &str| median_ns(criterion, &format!("aggregate/{name}"));
@@ -313,6 +362,11 @@ fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     let (wick, multi, single) = (rate(0)?, rate(1)?, rate(2)?);
     writeln!(md, "| candle upserts >= 5x multi-row `INSERT` | {:.1}x | {} |", wick / multi, verdict(wick / multi >= 5.0))?;
     writeln!(md, "| candle upserts >= 100x one row per statement | {:.0}x | {} |", wick / single, verdict(wick / single >= 100.0))?;
+    let ingest = ingest_results()?;
+    let (rate, bare) =
+        (ingest["wick"]["trades_per_second"].as_f64().unwrap_or(0.0), ingest["bare"]["trades_per_second"].as_f64().unwrap_or(1.0));
+    writeln!(md, "| ingest-aggregator >= 300k trades/s to acknowledged output | {rate:.0} | {} |", verdict(rate >= 300_000.0))?;
+    writeln!(md, "| ingest-aggregator >= 0.8x a bare fetch-and-decode loop | {:.2}x | {} |", rate / bare, verdict(rate / bare >= 0.8))?;
     writeln!(md)?;
     writeln!(md, "What limits the misses (read with the tables below):\n")?;
     writeln!(

@@ -100,23 +100,17 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
             .context("starting the ring publisher")?,
     );
 
-    let (checkpoint_tx, checkpoint_rx) = mpsc::channel(64);
+    let to_store = pipeline::Checkpoints::default();
     let checkpointer = tokio::spawn(pipeline::store_checkpoints(
         pool.clone(),
         k.market_events_topic.clone(),
-        checkpoint_rx,
+        to_store.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    let output = tokio::spawn(pipeline::output(
-        client.clone(),
-        config.clone(),
-        output_rx,
-        checkpoint_tx,
-        shard_count,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let closing = to_store.clone();
+    let output =
+        tokio::spawn(pipeline::output(client.clone(), config.clone(), output_rx, to_store, shard_count, metrics.clone(), shutdown.clone()));
 
     let mut fetchers = Vec::new();
     for &partition in &owned {
@@ -144,7 +138,9 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     }
     // The fetchers are done: the publisher closes the ring, the shards drain it, the output task
     // produces the rest and hands over the last checkpoints.
-    let result = output.await.context("the output task panicked")?;
+    let result = output.await;
+    closing.close();
+    let result = result.context("the output task panicked")?;
     let stored = checkpointer.await.context("the checkpoint task panicked")?;
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;

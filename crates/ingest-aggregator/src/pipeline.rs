@@ -30,6 +30,7 @@ use rskafka::record::Record;
 use tokio::sync::mpsc;
 use wick_core::ring::{Consumer, Producer, RingClosed};
 use wick_core::{Clock, Timestamp, Trade};
+use wick_service::backoff::Backoff;
 use wick_service::shutdown::Shutdown;
 use wick_wire::pb;
 
@@ -133,40 +134,16 @@ pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Send
     }
 }
 
-/// Exponential backoff with jitter (half to full of the current delay), from 50 ms to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        Backoff { current: Duration::from_millis(50), seed }
-    }
-
-    pub fn next(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let delay = self.current.mul_f64(0.5 + (self.seed % 1000) as f64 / 2000.0);
-        self.current = (self.current * 2).min(Duration::from_secs(5));
-        delay
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff::new()
-    }
+/// Retry delays for the broker and the database: 50 ms doubling to 5 s, with jitter.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 /// Produces `records` to `client`, retrying until the broker acknowledges them; gives up only
 /// when shutdown was asked for and the broker still fails (nothing is checkpointed then, so the
 /// records are produced again after the restart).
 async fn produce_acknowledged(client: &PartitionClient, records: Vec<Record>, shutdown: &Shutdown, metrics: &Metrics) -> Result<()> {
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let mut failures_while_stopping = 0;
     loop {
         let started = Instant::now();
@@ -183,7 +160,7 @@ async fn produce_acknowledged(client: &PartitionClient, records: Vec<Record>, sh
                         bail!("producing to {}/{} at shutdown: {e}", client.topic(), client.partition());
                     }
                 }
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.delay()).await;
             }
         }
     }
@@ -201,7 +178,7 @@ pub async fn output(
     client: Arc<Client>,
     config: Config,
     mut rx: mpsc::Receiver<Output>,
-    checkpoints: mpsc::Sender<(i32, i64, Vec<u8>)>,
+    checkpoints: Checkpoints,
     shards: usize,
     metrics: Metrics,
     shutdown: Shutdown,
@@ -279,9 +256,7 @@ pub async fn output(
                     if let Some((_, mut instruments)) = barriers.remove(&(partition, offset)) {
                         instruments.sort_by(|a, b| a.instrument.cmp(&b.instrument));
                         let state = pb::PartitionState { instruments }.encode_to_vec();
-                        if checkpoints.send((partition, offset, state)).await.is_err() {
-                            bail!("the checkpoint task stopped");
-                        }
+                        checkpoints.offer(partition, offset, state);
                     }
                 }
             }
@@ -317,44 +292,84 @@ async fn flush(
     Ok(())
 }
 
-/// Stores checkpoints in order, retrying while the database fails.
-pub async fn store_checkpoints(
-    pool: Pool,
-    topic: String,
-    mut rx: mpsc::Receiver<(i32, i64, Vec<u8>)>,
-    metrics: Metrics,
-    shutdown: Shutdown,
-) -> Result<()> {
-    while let Some((partition, offset, state)) = rx.recv().await {
-        let mut backoff = Backoff::new();
-        let mut failures_while_stopping = 0;
-        loop {
-            let attempt = async {
-                let db = pool.get().await.context("connecting to the checkpoint database")?;
-                wick_store::save_checkpoint(&**db, &topic, partition, offset, &state).await?;
-                anyhow::Ok(())
-            };
-            match attempt.await {
-                Ok(()) => {
-                    metrics.checkpoints.inc();
-                    metrics.checkpoint_bytes.set(state.len() as i64);
-                    tracing::debug!(partition, offset, bytes = state.len(), "checkpoint stored");
-                    break;
+/// partition -> (next offset, encoded `PartitionState`).
+type PendingCheckpoints = BTreeMap<i32, (i64, Vec<u8>)>;
+
+/// Checkpoints waiting to be stored: only the newest of each partition is kept, so a slow or
+/// unreachable database delays checkpoints (a restart then replays a little more) but never
+/// holds up the candles.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoints {
+    inner: Arc<std::sync::Mutex<(PendingCheckpoints, bool)>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Checkpoints {
+    pub fn offer(&self, partition: i32, offset: i64, state: Vec<u8>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = inner.0.get(&partition).is_none_or(|(held, _)| *held <= offset);
+        if newer {
+            inner.0.insert(partition, (offset, state));
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// No more checkpoints will come.
+    pub fn close(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> (PendingCheckpoints, bool) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut inner.0), inner.1)
+    }
+}
+
+/// Stores the offered checkpoints, retrying while the database fails, until the output side is
+/// done and everything offered is stored.
+pub async fn store_checkpoints(pool: Pool, topic: String, checkpoints: Checkpoints, metrics: Metrics, shutdown: Shutdown) -> Result<()> {
+    let mut backoff = backoff();
+    let mut failures_while_stopping = 0;
+    loop {
+        let (batch, closed) = checkpoints.take();
+        if batch.is_empty() {
+            if closed {
+                return Ok(());
+            }
+            checkpoints.notify.notified().await;
+            continue;
+        }
+        let attempt = async {
+            let db = pool.get().await.context("connecting to the checkpoint database")?;
+            for (partition, (offset, state)) in &batch {
+                wick_store::save_checkpoint(&**db, &topic, *partition, *offset, state).await?;
+                metrics.checkpoints.inc();
+                metrics.checkpoint_bytes.set(state.len() as i64);
+            }
+            anyhow::Ok(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                backoff.reset();
+                failures_while_stopping = 0;
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "storing checkpoints failed; retrying");
+                for (partition, (offset, state)) in batch {
+                    checkpoints.offer(partition, offset, state);
                 }
-                Err(e) => {
-                    tracing::warn!(partition, offset, error = format!("{e:#}"), "storing a checkpoint failed; retrying");
-                    if shutdown.is_requested() {
-                        failures_while_stopping += 1;
-                        if failures_while_stopping >= 3 {
-                            bail!("storing the checkpoint of partition {partition} at shutdown: {e:#}");
-                        }
+                if shutdown.is_requested() {
+                    failures_while_stopping += 1;
+                    if failures_while_stopping >= 3 {
+                        bail!("storing checkpoints at shutdown: {e:#} (a restart replays from the previous ones)");
                     }
-                    tokio::time::sleep(backoff.next()).await;
                 }
+                tokio::time::sleep(backoff.delay()).await;
             }
         }
     }
-    Ok(())
 }
 
 /// One owned partition's fetch loop.
@@ -397,7 +412,7 @@ impl Fetcher {
         let max_wait = i32::try_from(c.fetch_max_wait.get().as_millis()).unwrap_or(i32::MAX);
         let interval = self.config.checkpoint.interval.get();
         let mut last_barrier = (Instant::now(), offset);
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         let partition_label = self.partition.to_string();
         loop {
             let started = Instant::now();
@@ -417,7 +432,7 @@ impl Fetcher {
                     self.readiness.set(false);
                     tracing::warn!(partition = self.partition, error = %e, "fetch failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.delay()) => {}
                         _ = shutdown.requested() => break,
                     }
                     continue;

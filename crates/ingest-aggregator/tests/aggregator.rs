@@ -446,25 +446,6 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
     let (publish, counted, sentinels) = fixture(120_000);
     produce(&env.market, &publish, 25).await;
     let config = config(&env);
-    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut progress = Vec::new();
-    for _ in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = spawn_binary(&config);
-        tokio::time::sleep(Duration::from_millis(300 + seed % 2000)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let done: i64 = env
-            .db
-            .query_one("SELECT coalesce(sum(next_offset), 0)::int8 FROM aggregator_checkpoints WHERE topic = $1", &[&env.market])
-            .await
-            .unwrap()
-            .get(0);
-        progress.push(done);
-    }
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "checkpoints never move back: {progress:?}");
     let client = wick_test_support::kafka().await;
     let mut total = 0;
     for p in 0..PARTITIONS {
@@ -474,8 +455,35 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
             .await
             .unwrap();
     }
-    let mid_stream = progress.iter().filter(|p| **p > 0 && **p < total).count();
-    assert!(mid_stream >= 3, "at least 3 kills landed mid-stream: {progress:?} (of {total} records)");
+    let checkpointed = || async {
+        env.db
+            .query_one("SELECT coalesce(sum(next_offset), 0)::int8 FROM aggregator_checkpoints WHERE topic = $1", &[&env.market])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    // Kill moments: once the checkpoints pass k/12 of the input (k = 1..10), then a random 0-300 ms
+    // more; so every kill lands while work remains, whatever the machine's speed.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut progress = Vec::new();
+    for k in 1..=10i64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = spawn_binary(&config);
+        let target = total * k / 12;
+        wick_test_support::wait_until(&format!("checkpoints pass {target} of {total} records"), Duration::from_secs(90), || async {
+            checkpointed().await >= target
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(seed % 300)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        progress.push(checkpointed().await);
+    }
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "checkpoints never move back: {progress:?}");
+    assert!(progress.iter().any(|p| *p < total), "kills landed mid-stream: {progress:?} of {total} records");
     let mut child = spawn_binary(&config);
     wait_checkpointed(&env, &(0..PARTITIONS).collect::<Vec<_>>(), Duration::from_secs(120)).await;
     let want = reference(&counted);

@@ -24,6 +24,7 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::client::Client;
 use tokio::sync::mpsc;
 use wick_core::{Candle, Clock, Instrument, Interval, Timestamp};
+use wick_service::backoff::Backoff;
 use wick_service::ops::Readiness;
 use wick_service::shutdown::Shutdown;
 use wick_store::{StorageMode, TimescaleSettings};
@@ -177,7 +178,7 @@ async fn migrate_with_retries(config: &Config, pool: &Pool, health: &Health, shu
         retention: config.database.retention.clone(),
     };
     let pg: tokio_postgres::Config = config.database.url.parse().context("database.url")?;
-    let mut backoff = Backoff::new(config);
+    let mut backoff = backoff(config);
     loop {
         let attempt = async {
             wick_store::ensure_database(&pg).await?;
@@ -196,7 +197,7 @@ async fn migrate_with_retries(config: &Config, pool: &Pool, health: &Health, shu
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = tokio::time::sleep(backoff.delay()) => {}
             _ = shutdown.requested() => return Ok(None),
         }
     }
@@ -215,39 +216,9 @@ async fn create_partitions_ahead(pool: &Pool, now: Timestamp, ahead: u32) -> Res
     Ok(())
 }
 
-/// Exponential backoff with jitter (half to full of the current delay).
-struct Backoff {
-    current: Duration,
-    min: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(config: &Config) -> Backoff {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        Backoff {
-            current: config.database.min_backoff.get(),
-            min: config.database.min_backoff.get(),
-            max: config.database.max_backoff.get(),
-            seed,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: jitter needs spread, not quality.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let fraction = 0.5 + (self.seed % 1000) as f64 / 2000.0;
-        let delay = self.current.mul_f64(fraction);
-        self.current = (self.current * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
+/// Retry delays between the configured bounds.
+fn backoff(config: &Config) -> Backoff {
+    Backoff::new(config.database.min_backoff.get(), config.database.max_backoff.get())
 }
 
 /// Reads one partition.
@@ -284,7 +255,7 @@ impl Reader {
         let position = &self.positions[&self.partition];
         position.committed.store(offset, Ordering::Relaxed);
         let max_wait = i32::try_from(self.config.kafka.fetch_max_wait.get().as_millis()).unwrap_or(i32::MAX);
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = backoff(&self.config);
         let mut dead_letters = 0;
         loop {
             let fetched = tokio::select! {
@@ -308,7 +279,7 @@ impl Reader {
                     self.health.set_broker(false);
                     tracing::warn!(partition = self.partition, error = %e, "fetch failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.delay()) => {}
                         _ = shutdown.requested() => return Ok(dead_letters),
                     }
                     continue;
@@ -360,7 +331,7 @@ impl Reader {
     /// Writes a dead letter, retrying until the broker takes it: a dead letter is data too.
     async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {
         tracing::warn!(partition = self.partition, offset, reason, "record is not a candle batch: dead-lettered");
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = backoff(&self.config);
         loop {
             let record = wick_kafka::dead_letter_record(raw.clone(), reason, &self.config.kafka.candles_topic, self.partition, offset);
             match dlq.produce(vec![record], Compression::NoCompression).await {
@@ -371,7 +342,7 @@ impl Reader {
                 Err(e) if shutdown.is_requested() => bail!("writing a dead letter at shutdown: {e}"),
                 Err(e) => {
                     tracing::warn!(error = %e, "writing a dead letter failed; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.delay()).await;
                 }
             }
         }
@@ -462,7 +433,7 @@ impl Batcher<'_> {
         let candles: Vec<Candle> = batch.candles.into_values().collect();
         let topic = &self.config.kafka.candles_topic;
         let offsets: Vec<(String, i32, i64)> = batch.offsets.iter().map(|(p, o)| (topic.clone(), *p, *o)).collect();
-        let mut backoff = Backoff::new(self.config);
+        let mut backoff = backoff(self.config);
         let mut failures_while_stopping = 0;
         loop {
             let started = Instant::now();
@@ -502,7 +473,7 @@ impl Batcher<'_> {
                             bail!("the database is unreachable at shutdown: {} candles stay uncommitted and will be re-read from the stored offsets ({e:#})", candles.len());
                         }
                     }
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.delay()).await;
                 }
             }
         }

@@ -42,8 +42,8 @@ async fn versions_are_guarded_and_chunks_read_back(cache: L2Cache) {
     let other = candle("BINANCE:BTC-USDT", 1, 1);
     let eth = candle("BINANCE:ETH-USDT", 0, 2);
     assert_eq!(cache.upsert(&[newer.clone(), other.clone(), eth.clone()]).await.unwrap(), 3);
-    assert_eq!(cache.upsert(&[older.clone()]).await.unwrap(), 0, "an older version never replaces a newer one");
-    assert_eq!(cache.upsert(&[newer.clone()]).await.unwrap(), 0, "the same version changes nothing");
+    assert_eq!(cache.upsert(std::slice::from_ref(&older)).await.unwrap(), 0, "an older version never replaces a newer one");
+    assert_eq!(cache.upsert(std::slice::from_ref(&newer)).await.unwrap(), 0, "the same version changes nothing");
     let chunk = wick_cache::chunk_of(Interval::M1, newer.open_time());
     let (complete, held) = cache.chunk(&btc, Interval::M1, chunk).await.unwrap();
     assert!(!complete, "the writer's candles alone do not make a chunk complete");
@@ -51,7 +51,7 @@ async fn versions_are_guarded_and_chunks_read_back(cache: L2Cache) {
 
     let mut closed = newer.clone();
     closed.mark_closed();
-    assert_eq!(cache.upsert(&[closed.clone()]).await.unwrap(), 1, "a newer version replaces");
+    assert_eq!(cache.upsert(std::slice::from_ref(&closed)).await.unwrap(), 1, "a newer version replaces");
     cache.mark_complete(&btc, Interval::M1, chunk).await.unwrap();
     let (complete, held) = cache.chunk(&btc, Interval::M1, chunk).await.unwrap();
     assert!(complete);

@@ -1,8 +1,10 @@
 //! What every Wick service shares, so the services look alike: typed configuration from a YAML file
 //! with `WICK__SECTION__KEY` environment overrides ([`config`]), durations written as `10ms` or
 //! `5m` ([`duration`]), logging ([`init_telemetry`]), the operations endpoint with `/metrics`,
-//! `/health/livez` and `/health/readyz` ([`ops`]), and shutdown on SIGINT or SIGTERM ([`shutdown`]).
+//! `/health/livez` and `/health/readyz` ([`ops`]), shutdown on SIGINT or SIGTERM ([`shutdown`]), and
+//! retry delays with jitter ([`backoff`]).
 
+pub mod backoff;
 pub mod config;
 pub mod duration;
 pub mod ops;
