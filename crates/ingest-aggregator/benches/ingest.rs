@@ -6,9 +6,13 @@
 //! the broker acknowledged every output derived from the records before it, so the run ends when
 //! every partition's checkpoint reaches the end of the input.
 //!
-//! Needs the stack (`cargo xtask stack up`). Writes `target/wick-bench/ingest.json`, which
+//! Runs its own tansu broker (SQLite engine, fresh data directory), so that figures do not depend
+//! on what earlier runs left in the stack's broker; PostgreSQL comes from the stack
+//! (`cargo xtask stack up`). Writes `target/wick-bench/ingest.json`, which
 //! `cargo xtask bench` turns into a section of `docs/BENCHMARKS.md`. `WICK_BENCH_TRADES` sets the
-//! number of trades (default 2,000,000).
+//! number of trades (default 4,000,000), `WICK_BENCH_SHARDS` and `WICK_BENCH_WAIT` the
+//! aggregator's shards and wait strategy (default 1 and `blocking`: on 2 cores shared with the
+//! broker, more threads only take turns).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +35,8 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-async fn preload(topic: &str, trades: usize) -> usize {
-    let client = wick_test_support::kafka().await;
+async fn preload(broker: &str, topic: &str, trades: usize) -> usize {
+    let client = wick_test_support::kafka_at(broker).await;
     let instruments: Vec<Instrument> = (0..INSTRUMENTS).map(|i| Instrument::new(&format!("BENCH:C{i}-USDT")).unwrap()).collect();
     let start = Timestamp::parse_rfc3339("2026-01-05T00:00:00Z").unwrap().as_micros();
     let per_instrument = trades / INSTRUMENTS;
@@ -81,8 +85,8 @@ async fn preload(topic: &str, trades: usize) -> usize {
 }
 
 /// Fetches every partition to its end and decodes every trade: the floor of any consumer.
-async fn bare_fetch_and_decode(topic: &str) -> usize {
-    let client = Arc::new(wick_test_support::kafka().await);
+async fn bare_fetch_and_decode(broker: &str, topic: &str) -> usize {
+    let client = Arc::new(wick_test_support::kafka_at(broker).await);
     let mut tasks = Vec::new();
     for p in 0..PARTITIONS {
         let client = client.clone();
@@ -112,19 +116,19 @@ async fn bare_fetch_and_decode(topic: &str) -> usize {
     total
 }
 
-async fn wick(topic: &str) -> (u64, u64) {
-    let client = wick_test_support::kafka().await;
-    let candles = wick_test_support::topic(&client, "bench-candles", 4).await;
-    let dlq = wick_test_support::topic(&client, "bench-dlq", 4).await;
+async fn wick(broker: &str, topic: &str) -> (u64, u64) {
+    let client = wick_test_support::kafka_at(broker).await;
+    let candles = create_topic(&client, broker, "bench-candles", 4).await;
+    let dlq = create_topic(&client, broker, "bench-dlq", 4).await;
     let (db, schema) = wick_test_support::postgres_schema().await;
     let mut config = Config::default();
-    config.kafka.brokers = vec![wick_test_support::broker_address()];
+    config.kafka.brokers = vec![broker.to_owned()];
     config.kafka.market_events_topic = topic.to_owned();
     config.kafka.candles_topic = candles;
     config.kafka.dead_letter_topic = dlq;
     config.consumer.auto_offset_reset = "earliest".into();
     config.ring.wait_strategy = std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into());
-    config.ring.num_consumers = std::env::var("WICK_BENCH_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    config.ring.num_consumers = std::env::var("WICK_BENCH_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     config.checkpoint.database_url = wick_test_support::postgres_config();
     config.checkpoint.schema = Some(schema.clone());
     config.checkpoint.interval = wick_service::duration::Duration::from_millis(200);
@@ -158,23 +162,31 @@ async fn wick(topic: &str) -> (u64, u64) {
     (metrics.trades_consumed.get(), metrics.records_produced.get())
 }
 
+async fn create_topic(client: &rskafka::client::Client, broker: &str, prefix: &str, partitions: i32) -> String {
+    let name = wick_test_support::unique_name(prefix);
+    wick_kafka::ensure_topics(client, broker, &[wick_kafka::TopicSpec { name: name.clone(), partitions }]).await.unwrap();
+    name
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
-    let trades: usize = std::env::var("WICK_BENCH_TRADES").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let trades: usize = std::env::var("WICK_BENCH_TRADES").ok().and_then(|s| s.parse().ok()).unwrap_or(4_000_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let broker_process = wick_test_support::BrokerProcess::start(wick_test_support::StorageEngine::Sqlite).unwrap();
+    let broker = broker_process.address();
     runtime.block_on(async {
-        let client = wick_test_support::kafka().await;
-        let topic = wick_test_support::topic(&client, "bench-market", PARTITIONS).await;
-        let records = preload(&topic, trades).await;
+        let client = wick_test_support::kafka_at(&broker).await;
+        let topic = create_topic(&client, &broker, "bench-market", PARTITIONS).await;
+        let records = preload(&broker, &topic, trades).await;
         eprintln!("ingest bench: {trades} trades in {records} records on {topic}");
 
         let (cpu0, t0) = (cpu_time(), Instant::now());
-        let decoded = bare_fetch_and_decode(&topic).await;
+        let decoded = bare_fetch_and_decode(&broker, &topic).await;
         let (bare_wall, bare_cpu) = (t0.elapsed(), cpu_time() - cpu0);
         assert_eq!(decoded, trades / INSTRUMENTS * INSTRUMENTS);
 
         let (cpu0, t0) = (cpu_time(), Instant::now());
-        let (consumed, produced) = wick(&topic).await;
+        let (consumed, produced) = wick(&broker, &topic).await;
         let (wick_wall, wick_cpu) = (t0.elapsed(), cpu_time() - cpu0);
         assert_eq!(consumed as usize, decoded);
 
@@ -191,7 +203,7 @@ fn main() {
                 "cpu_us_per_trade": wick_cpu.as_secs_f64() * 1e6 / decoded as f64,
                 "records_produced": produced,
                 "wait_strategy": std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into()),
-                "shards": std::env::var("WICK_BENCH_SHARDS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(2),
+                "shards": std::env::var("WICK_BENCH_SHARDS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(1),
             },
         });
         eprintln!("ingest bench: {json}");

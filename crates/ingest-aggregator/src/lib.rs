@@ -168,11 +168,11 @@ fn checkpoint_pool(config: &Config) -> Result<Pool> {
     Pool::builder(manager).max_size(2).build().context("building the checkpoint database pool")
 }
 
-/// Creates the database if missing and applies the migrations (the checkpoint table among them).
+/// Creates the database if missing and applies the bookkeeping migrations (the checkpoint table).
 async fn prepare_database(config: &Config, pool: &Pool) -> Result<()> {
     let pg: tokio_postgres::Config = config.checkpoint.database_url.parse().context("checkpoint.database_url")?;
     wick_store::ensure_database(&pg).await.context("creating the checkpoint database")?;
     let mut db = pool.get().await.context("connecting to the checkpoint database")?;
-    wick_store::migrate(&mut db, &wick_store::TimescaleSettings::default()).await.context("applying the migrations")?;
+    wick_store::migrate_bookkeeping(&mut db).await.context("applying the migrations")?;
     Ok(())
 }

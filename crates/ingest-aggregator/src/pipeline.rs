@@ -41,9 +41,21 @@ use crate::shard::{shard_of, Output, Shard};
 /// What fetch tasks hand to the ring publisher.
 #[derive(Debug)]
 pub enum Input {
-    Trades { partition: i32, trades: Vec<(i64, Trade)> },
-    Tick { partition: i32, caught_up: bool, now: Timestamp },
-    Barrier { partition: i32, offset: i64 },
+    Trades {
+        partition: i32,
+        trades: Vec<(i64, Trade)>,
+    },
+    Tick {
+        partition: i32,
+        caught_up: bool,
+        now: Timestamp,
+    },
+    /// `seq` numbers the barriers of a partition, so that every one is joined on its own.
+    Barrier {
+        partition: i32,
+        offset: i64,
+        seq: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -64,6 +76,7 @@ pub struct Event {
     offset: i64,
     caught_up: bool,
     now: Timestamp,
+    seq: u64,
     trade: Option<Trade>,
 }
 
@@ -90,8 +103,9 @@ pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, sha
                 slot.caught_up = caught_up;
                 slot.now = now;
             }),
-            Input::Barrier { partition, offset } => producer.publish(|slot| {
+            Input::Barrier { partition, offset, seq } => producer.publish(|slot| {
                 slot.kind = Kind::Barrier;
+                slot.seq = seq;
                 slot.partition = partition;
                 slot.offset = offset;
             }),
@@ -117,7 +131,7 @@ pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Send
                 }
             }
             Kind::Tick => shard.on_tick(e.partition, e.caught_up, e.now),
-            Kind::Barrier => shard.on_barrier(e.partition, e.offset, &mut out),
+            Kind::Barrier => shard.on_barrier(e.partition, e.offset, e.seq, &mut out),
             _ => {}
         });
         shard.flush(&mut out);
@@ -203,7 +217,8 @@ pub async fn output(
     }
     let new_pending = || Pending { records: Vec::new(), bytes: 0, since: None };
     let mut pending: Vec<Pending> = (0..candles.len()).map(|_| new_pending()).collect();
-    let mut barriers: HashMap<(i32, i64), (usize, Vec<pb::InstrumentState>)> = HashMap::new();
+    // (partition, barrier seq) -> (offset, shards that answered, their states).
+    let mut barriers: HashMap<(i32, u64), (i64, u64, Vec<pb::InstrumentState>)> = HashMap::new();
     let linger = config.output.linger.get();
     let partitions = config.kafka.candles_partitions;
     loop {
@@ -246,14 +261,14 @@ pub async fn output(
                 let target = &dead_letters[partition.rem_euclid(dead_letters.len() as i32) as usize];
                 produce_acknowledged(target, vec![record], &shutdown, &metrics).await?;
             }
-            Output::Barrier { shard: _, partition, offset, states } => {
+            Output::Barrier { shard, partition, offset, seq, states } => {
                 // Everything the shard derived before the barrier is in `pending` or produced.
                 flush(&candles, &mut pending, None, &shutdown, &metrics).await?;
-                let entry = barriers.entry((partition, offset)).or_default();
-                entry.0 += 1;
-                entry.1.extend(states);
-                if entry.0 == shards {
-                    if let Some((_, mut instruments)) = barriers.remove(&(partition, offset)) {
+                let entry = barriers.entry((partition, seq)).or_insert((offset, 0, Vec::new()));
+                entry.1 |= 1 << shard;
+                entry.2.extend(states);
+                if entry.1.count_ones() as usize == shards {
+                    if let Some((offset, _, mut instruments)) = barriers.remove(&(partition, seq)) {
                         instruments.sort_by(|a, b| a.instrument.cmp(&b.instrument));
                         let state = pb::PartitionState { instruments }.encode_to_vec();
                         checkpoints.offer(partition, offset, state);
@@ -405,8 +420,24 @@ impl Fetcher {
         let reset = if self.config.consumer.auto_offset_reset == "earliest" { OffsetAt::Earliest } else { OffsetAt::Latest };
         let mut offset = match start {
             Some(o) => o,
-            None => source.get_offset(reset).await.with_context(|| format!("start offset of {topic}/{}", self.partition))?,
+            None => match self.offset_at(&source, reset, &shutdown).await {
+                Some(o) => o,
+                None => return Ok(()),
+            },
         };
+        // The clock first, so that shards know the time before the first trade; and without a
+        // checkpoint, one at the start offset at once, so that a restart resumes here rather than
+        // at a later log end.
+        let mut barrier_seq = 0u64;
+        if tx.send(Input::Tick { partition: self.partition, caught_up: false, now: self.clock.now() }).await.is_err() {
+            return Ok(());
+        }
+        if start.is_none() {
+            barrier_seq += 1;
+            if tx.send(Input::Barrier { partition: self.partition, offset, seq: barrier_seq }).await.is_err() {
+                return Ok(());
+            }
+        }
         tracing::info!(partition = self.partition, offset, from_checkpoint = start.is_some(), "consuming");
         let c = &self.config.consumer;
         let max_wait = i32::try_from(c.fetch_max_wait.get().as_millis()).unwrap_or(i32::MAX);
@@ -414,6 +445,7 @@ impl Fetcher {
         let mut last_barrier = (Instant::now(), offset);
         let mut backoff = backoff();
         let partition_label = self.partition.to_string();
+        let partitions = self.config.kafka.market_events_partitions;
         loop {
             let started = Instant::now();
             let fetched = tokio::select! {
@@ -423,7 +455,7 @@ impl Fetcher {
             let (records, high_watermark) = match fetched {
                 Ok(f) => f,
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                    let earliest = source.get_offset(OffsetAt::Earliest).await.context("earliest offset")?;
+                    let Some(earliest) = self.offset_at(&source, OffsetAt::Earliest, &shutdown).await else { break };
                     tracing::error!(partition = self.partition, offset, earliest, "offset out of range: resuming at the earliest offset");
                     offset = earliest;
                     continue;
@@ -457,10 +489,23 @@ impl Fetcher {
                     wick_wire::decode_json_trade(&raw, self.clock.now()).map(|t| vec![t])
                 } else {
                     wick_wire::decode_trade_batch(&raw).map(|(_, t)| t)
-                };
+                }
+                .map_err(|e| e.to_string());
+                // An instrument belongs to the partition its key hashes to: trades published elsewhere
+                // (a client without the key) would be aggregated beside the owner's state.
+                let decoded = decoded.and_then(|batch| match batch.first() {
+                    Some(t) if wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), partitions) != self.partition => {
+                        Err(format!(
+                            "{} belongs to partition {} (records must be keyed by instrument)",
+                            t.instrument(),
+                            wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), partitions)
+                        ))
+                    }
+                    _ => Ok(batch),
+                });
                 match decoded {
                     Ok(batch) => trades.extend(batch.into_iter().map(|t| (r.offset, t))),
-                    Err(e) => self.dead_letter(&dlq, raw, &e.to_string(), r.offset, &shutdown).await?,
+                    Err(e) => self.dead_letter(&dlq, raw, &e, r.offset, &shutdown).await?,
                 }
                 offset = r.offset + 1;
                 if trades.len() >= c.max_poll_records {
@@ -482,14 +527,33 @@ impl Fetcher {
             }
             if last_barrier.0.elapsed() >= interval && last_barrier.1 != offset {
                 last_barrier = (Instant::now(), offset);
-                if tx.send(Input::Barrier { partition: self.partition, offset }).await.is_err() {
+                barrier_seq += 1;
+                if tx.send(Input::Barrier { partition: self.partition, offset, seq: barrier_seq }).await.is_err() {
                     return Ok(());
                 }
             }
         }
         // The shutdown checkpoint: everything read so far.
-        let _ = tx.send(Input::Barrier { partition: self.partition, offset }).await;
+        let _ = tx.send(Input::Barrier { partition: self.partition, offset, seq: barrier_seq + 1 }).await;
         Ok(())
+    }
+
+    /// The offset at `at`, retried while the broker fails; `None` when shutdown came first.
+    async fn offset_at(&self, source: &PartitionClient, at: OffsetAt, shutdown: &Shutdown) -> Option<i64> {
+        let mut backoff = backoff();
+        loop {
+            match source.get_offset(at).await {
+                Ok(o) => return Some(o),
+                Err(e) => {
+                    self.readiness.set(false);
+                    tracing::warn!(partition = self.partition, error = %e, "reading an offset failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.delay()) => {}
+                _ = shutdown.requested() => return None,
+            }
+        }
     }
 
     async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {

@@ -16,6 +16,9 @@ use wick_wire::{pb, CandleEventKind};
 
 use crate::dedup::SeenIds;
 
+/// Candle events per `candles-completed` record at most.
+pub const MAX_EVENTS_PER_RECORD: usize = 2000;
+
 /// What the shard needs to know.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
@@ -35,7 +38,7 @@ pub enum Output {
     DeadLetter { value: Vec<u8>, reason: &'static str, partition: i32, offset: i64 },
     /// Everything this shard derived from `partition` before `offset` is in the outputs before
     /// this one; `states` is the shard's part of the partition's checkpoint.
-    Barrier { shard: usize, partition: i32, offset: i64, states: Vec<pb::InstrumentState> },
+    Barrier { shard: usize, partition: i32, offset: i64, seq: u64, states: Vec<pb::InstrumentState> },
 }
 
 /// Counters, reported per batch.
@@ -70,10 +73,14 @@ struct InstrumentState {
 pub struct Shard {
     index: usize,
     settings: ShardSettings,
-    instruments: HashMap<Instrument, InstrumentState>,
-    by_partition: HashMap<i32, Vec<Instrument>>,
+    states: Vec<InstrumentState>,
+    by_name: HashMap<Instrument, usize>,
+    /// The state of the previous trade's instrument: trades come in runs of one instrument, and
+    /// a pointer comparison is cheaper than hashing the name.
+    last: usize,
+    by_partition: HashMap<i32, Vec<usize>>,
     /// Instruments with pending events, in the order they got them.
-    with_pending: Vec<Instrument>,
+    with_pending: Vec<usize>,
     /// The clock as of the latest tick.
     now: Timestamp,
     pub stats: ShardStats,
@@ -85,7 +92,9 @@ impl Shard {
         Shard {
             index,
             settings,
-            instruments: HashMap::new(),
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            last: usize::MAX,
             by_partition: HashMap::new(),
             with_pending: Vec::new(),
             now: Timestamp::MIN,
@@ -130,29 +139,44 @@ impl Shard {
         Ok(())
     }
 
-    fn insert(&mut self, instrument: Instrument, state: InstrumentState) {
-        self.by_partition.entry(state.partition).or_default().push(instrument.clone());
-        self.instruments.insert(instrument, state);
+    fn insert(&mut self, instrument: Instrument, state: InstrumentState) -> usize {
+        let i = self.states.len();
+        self.by_partition.entry(state.partition).or_default().push(i);
+        self.by_name.insert(instrument, i);
+        self.states.push(state);
+        i
+    }
+
+    fn find(&mut self, instrument: &Instrument) -> Option<usize> {
+        if self.states.get(self.last).is_some_and(|s| s.series.instrument().same_as(instrument)) {
+            return Some(self.last);
+        }
+        let i = *self.by_name.get(instrument)?;
+        self.last = i;
+        Some(i)
     }
 
     /// Counts one trade of `partition` read at `offset`.
     pub fn on_trade(&mut self, trade: &Trade, partition: i32, offset: i64, out: &mut Vec<Output>) {
         self.stats.trades += 1;
-        if !self.instruments.contains_key(trade.instrument()) {
-            let Ok(series) = CandleSeries::new(trade.instrument().clone(), &self.settings.intervals, Timestamp::MIN) else { return };
-            let state = InstrumentState {
-                series: series.with_revision_window(self.settings.revision_window_us),
-                partition,
-                max_event: Timestamp::MIN,
-                last_trade_clock: self.now,
-                seen: SeenIds::new(self.settings.max_id_ranges),
-                dirty: false,
-                last_update_clock: Timestamp::MIN,
-                pending: Vec::new(),
-            };
-            self.insert(trade.instrument().clone(), state);
-        }
-        let Some(state) = self.instruments.get_mut(trade.instrument()) else { return };
+        let i = match self.find(trade.instrument()) {
+            Some(i) => i,
+            None => {
+                let Ok(series) = CandleSeries::new(trade.instrument().clone(), &self.settings.intervals, Timestamp::MIN) else { return };
+                let state = InstrumentState {
+                    series: series.with_revision_window(self.settings.revision_window_us),
+                    partition,
+                    max_event: Timestamp::MIN,
+                    last_trade_clock: self.now,
+                    seen: SeenIds::new(self.settings.max_id_ranges),
+                    dirty: false,
+                    last_update_clock: Timestamp::MIN,
+                    pending: Vec::new(),
+                };
+                self.insert(trade.instrument().clone(), state)
+            }
+        };
+        let state = &mut self.states[i];
         if !state.seen.insert(trade.trade_id(), trade.event_time()) {
             self.stats.duplicates += 1;
             return;
@@ -199,7 +223,7 @@ impl Shard {
         let horizon = state.max_event.saturating_sub_micros(self.settings.allowed_lateness_us);
         Self::advance(state, horizon, &mut self.stats);
         if !had_pending && !state.pending.is_empty() {
-            self.with_pending.push(trade.instrument().clone());
+            self.with_pending.push(i);
         }
     }
 
@@ -221,9 +245,14 @@ impl Shard {
     pub fn on_tick(&mut self, partition: i32, caught_up: bool, now: Timestamp) {
         self.now = self.now.max(now);
         let Some(list) = self.by_partition.get(&partition) else { return };
-        for instrument in list {
-            let Some(state) = self.instruments.get_mut(instrument) else { continue };
+        for &i in list {
+            let state = &mut self.states[i];
             let had_pending = !state.pending.is_empty();
+            if state.last_trade_clock == Timestamp::MIN {
+                // The instrument's first trades came before any tick: its idle time starts now,
+                // not at the epoch.
+                state.last_trade_clock = now;
+            }
             if caught_up && state.max_event > Timestamp::MIN {
                 let idle = (now.as_micros() - state.last_trade_clock.as_micros()).max(0);
                 let horizon = state.max_event.saturating_sub_micros(self.settings.allowed_lateness_us).saturating_add_micros(idle);
@@ -239,18 +268,22 @@ impl Shard {
                 state.last_update_clock = now;
             }
             if !had_pending && !state.pending.is_empty() {
-                self.with_pending.push(instrument.clone());
+                self.with_pending.push(i);
             }
         }
     }
 
     /// Moves every instrument's pending events to `out`, one record per instrument.
     pub fn flush(&mut self, out: &mut Vec<Output>) {
-        for instrument in self.with_pending.drain(..) {
-            if let Some(state) = self.instruments.get_mut(&instrument) {
-                if !state.pending.is_empty() {
-                    out.push(Output::Candles { instrument, events: std::mem::take(&mut state.pending) });
-                }
+        for i in self.with_pending.drain(..) {
+            let state = &mut self.states[i];
+            // One record per instrument, cut so that a record stays far below the broker's 1 MB
+            // message limit (a candle event is about 200 bytes) even after a long replay burst.
+            let mut events = std::mem::take(&mut state.pending);
+            while !events.is_empty() {
+                let rest = events.split_off(events.len().min(MAX_EVENTS_PER_RECORD));
+                out.push(Output::Candles { instrument: state.series.instrument().clone(), events });
+                events = rest;
             }
         }
     }
@@ -258,12 +291,15 @@ impl Shard {
     /// The checkpoint barrier of `partition` at `offset`: flushes, then reports this shard's
     /// state of the partition's instruments. State beyond the revision window was already
     /// released by the series; duplicate ranges that old are released here.
-    pub fn on_barrier(&mut self, partition: i32, offset: i64, out: &mut Vec<Output>) {
+    pub fn on_barrier(&mut self, partition: i32, offset: i64, seq: u64, out: &mut Vec<Output>) {
         self.flush(out);
         let mut states = Vec::new();
-        for instrument in self.by_partition.get(&partition).into_iter().flatten() {
-            let Some(state) = self.instruments.get_mut(instrument) else { continue };
-            let forget = state.series.horizon().saturating_sub_micros(self.settings.revision_window_us);
+        for &i in self.by_partition.get(&partition).into_iter().flatten() {
+            let state = &mut self.states[i];
+            let instrument = state.series.instrument().clone();
+            // Ids older than the revision window are refused as too late before they are looked up;
+            // the extra margin covers open buckets of long base intervals (a series of only `1M`).
+            let forget = state.series.horizon().saturating_sub_micros(self.settings.revision_window_us.saturating_add(32 * 86_400_000_000));
             state.seen.forget_before(forget);
             let snapshot = state.series.snapshot();
             let wire = |list: &[Candle]| list.iter().map(wick_wire::candle_to_wire).collect::<Vec<_>>();
@@ -281,12 +317,12 @@ impl Shard {
                     .collect(),
             });
         }
-        out.push(Output::Barrier { shard: self.index, partition, offset, states });
+        out.push(Output::Barrier { shard: self.index, partition, offset, seq, states });
     }
 
     /// Instruments held.
     pub fn instruments(&self) -> usize {
-        self.instruments.len()
+        self.states.len()
     }
 }
 
@@ -487,7 +523,7 @@ mod tests {
         let mut original = Shard::new(0, settings());
         let mut out = Vec::new();
         run(&mut original, first, &mut out);
-        original.on_barrier(0, 170, &mut out);
+        original.on_barrier(0, 170, 1, &mut out);
         let Some(Output::Barrier { states, .. }) = out.pop() else { panic!("no barrier") };
         let mut restored = Shard::new(0, settings());
         for s in &states {

@@ -6,7 +6,7 @@
 //! the reference; malformed records are dead-lettered.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -416,7 +416,7 @@ async fn two_days_of_history_replayed_file_after_file_give_exactly_the_reference
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
 
-fn spawn_binary(config: &Config) -> Child {
+fn spawn_binary(config: &Config) -> wick_test_support::ServiceProcess {
     Command::new(env!("CARGO_BIN_EXE_ingest-aggregator"))
         .env("WICK__KAFKA__BROKERS", config.kafka.brokers.join(","))
         .env("WICK__KAFKA__MARKET_EVENTS_TOPIC", &config.kafka.market_events_topic)
@@ -437,6 +437,7 @@ fn spawn_binary(config: &Config) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(wick_test_support::ServiceProcess)
         .unwrap()
 }
 
@@ -478,8 +479,7 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
         .await
         .unwrap();
         tokio::time::sleep(Duration::from_millis(seed % 300)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill(); // SIGKILL
         progress.push(checkpointed().await);
     }
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "checkpoints never move back: {progress:?}");
@@ -488,8 +488,7 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
     wait_checkpointed(&env, &(0..PARTITIONS).collect::<Vec<_>>(), Duration::from_secs(120)).await;
     let want = reference(&counted);
     wait_for_finals(&env.candles, &want, &sentinels, Duration::from_secs(60)).await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(child.wait().unwrap().success(), "SIGTERM is a clean stop");
+    assert!(child.terminate().unwrap().success(), "SIGTERM is a clean stop");
     let (got, _) = published(&env.candles).await;
     assert_finals_equal(&got, &want, &sentinels);
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();

@@ -7,14 +7,13 @@
 //! again. Beyond `max_pending` candles, the chunks of further candles are remembered instead and
 //! deleted when Redis is back, so a reader reloads them from the database.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use wick_cache::{chunk_key, chunk_of, Breaker, L2Cache};
 use wick_core::{Candle, Instrument, Interval, Timestamp};
-use wick_service::shutdown::Shutdown;
 
 use crate::metrics::Metrics;
 
@@ -24,6 +23,11 @@ type CandleKey = (Instrument, Interval, Timestamp);
 struct Pending {
     candles: HashMap<CandleKey, Candle>,
     invalidate: BTreeSet<String>,
+    /// The committed offsets these candles come from: once they are in Redis, the cache is
+    /// current up to there.
+    offsets: BTreeMap<i32, i64>,
+    /// The writer has made its last offer.
+    closed: bool,
 }
 
 impl Pending {
@@ -43,7 +47,14 @@ impl Pending {
     }
 
     fn is_empty(&self) -> bool {
-        self.candles.is_empty() && self.invalidate.is_empty()
+        self.candles.is_empty() && self.invalidate.is_empty() && self.offsets.is_empty()
+    }
+
+    fn add_offsets(&mut self, offsets: &BTreeMap<i32, i64>) {
+        for (p, o) in offsets {
+            let held = self.offsets.entry(*p).or_insert(*o);
+            *held = (*held).max(*o);
+        }
     }
 }
 
@@ -61,24 +72,39 @@ impl CacheFeed {
         CacheFeed { pending: Arc::default(), notify: Arc::default(), max_pending, prefix: prefix.to_owned() }
     }
 
-    /// Hands committed candles to the cache follower; never waits for Redis.
-    pub fn offer(&self, candles: impl IntoIterator<Item = Candle>) {
+    /// Hands committed candles, and the offsets committed with them, to the cache follower;
+    /// never waits for Redis.
+    pub fn offer(&self, candles: impl IntoIterator<Item = Candle>, offsets: &BTreeMap<i32, i64>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for c in candles {
             pending.add(c, self.max_pending, &self.prefix);
         }
+        pending.add_offsets(offsets);
         drop(pending);
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Pending {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The writer's last offer has been made: the follower stops once it is written (or Redis
+    /// fails).
+    pub fn close(&self) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.notify.notify_one();
+    }
+
+    /// What is pending, and whether the writer is done.
+    fn take(&self) -> (Pending, bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let closed = pending.closed;
+        let taken = std::mem::take(&mut *pending);
+        pending.closed = closed;
+        (taken, closed)
     }
 
     /// Puts back what could not be written, under anything newer that arrived meanwhile.
     fn restore(&self, failed: Pending) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.invalidate.extend(failed.invalidate);
+        pending.add_offsets(&failed.offsets);
         for (_, c) in failed.candles {
             pending.add(c, self.max_pending, &self.prefix);
         }
@@ -89,29 +115,24 @@ impl CacheFeed {
     }
 }
 
-/// Writes offered candles to Redis until shutdown, then makes one last attempt (bounded by the
-/// command timeout) so that a clean stop leaves the cache current when Redis is up.
-pub async fn follow(cache: L2Cache, feed: CacheFeed, metrics: Metrics, shutdown: Shutdown) {
+/// Writes offered candles to Redis until the writer closes the feed and everything offered is
+/// written, then records how far the cache is current (`writer_offsets.cache_next_offset`), so
+/// that after a crash or an outage the writer re-reads what the cache may have missed. While
+/// Redis fails the breaker is open; once the writer is done, one failed attempt ends the follower
+/// (the recorded offsets make up for it at the next start).
+pub async fn follow(cache: L2Cache, feed: CacheFeed, pool: deadpool_postgres::Pool, topic: String, metrics: Metrics) {
     let mut breaker = Breaker::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let stopping = shutdown.is_requested();
-        let now = Instant::now();
-        if !breaker.allows(now) && !stopping {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = shutdown.requested() => {}
-            }
+        if !breaker.allows(Instant::now()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        let batch = feed.take();
+        let (batch, closed) = feed.take();
         if batch.is_empty() {
-            if stopping {
+            if closed {
                 return;
             }
-            tokio::select! {
-                _ = feed.notify.notified() => {}
-                _ = shutdown.requested() => {}
-            }
+            feed.notify.notified().await;
             continue;
         }
         let count = batch.candles.len();
@@ -123,6 +144,15 @@ pub async fn follow(cache: L2Cache, feed: CacheFeed, metrics: Metrics, shutdown:
                 breaker.success();
                 metrics.l2_writes.inc_by(count as u64);
                 metrics.l2_invalidated.inc_by(batch.invalidate.len() as u64);
+                let offsets: Vec<(i32, i64)> = batch.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+                let recorded = async {
+                    let db = pool.get().await.map_err(|e| e.to_string())?;
+                    wick_store::save_cache_offsets(&**db, &topic, &offsets).await.map_err(|e| e.to_string())
+                };
+                if let Err(e) = recorded.await {
+                    // Only costs a longer re-read after a crash.
+                    tracing::warn!(error = %e, "recording the cache's offsets failed");
+                }
             }
             Err(e) => {
                 if !breaker.is_open() {
@@ -131,7 +161,9 @@ pub async fn follow(cache: L2Cache, feed: CacheFeed, metrics: Metrics, shutdown:
                 breaker.failure(Instant::now());
                 metrics.l2_failures.inc();
                 feed.restore(batch);
-                if stopping {
+                if closed {
+                    tracing::warn!("Redis is down at shutdown: the cache is repaired from the recorded offsets at the next start");
+                    metrics.l2_breaker_open.set(1);
                     return;
                 }
             }
@@ -171,16 +203,17 @@ mod tests {
     #[test]
     fn pending_keeps_the_newest_version_and_bounds_memory() {
         let feed = CacheFeed::new(2, "p");
-        feed.offer([candle(0, 3), candle(0, 2), candle(1, 1)]);
+        feed.offer([candle(0, 3), candle(0, 2), candle(1, 1)], &BTreeMap::new());
         assert_eq!(feed.len(), 2);
-        feed.offer([candle(2, 1)]);
-        let taken = feed.take();
+        feed.offer([candle(2, 1)], &BTreeMap::from([(0, 7)]));
+        let (taken, _) = feed.take();
         let first = &taken.candles[&(Instrument::new("SIM:BTC-USD").unwrap(), Interval::M1, Timestamp::from_micros(0).unwrap())];
         assert_eq!(first.trade_count(), 3, "an older version never replaces a newer one");
         assert_eq!(taken.invalidate.len(), 1, "the candle beyond the bound invalidates its chunk instead");
-        feed.offer([candle(0, 5)]);
+        feed.offer([candle(0, 5)], &BTreeMap::from([(0, 9)]));
         feed.restore(taken);
-        let again = feed.take();
+        let (again, _) = feed.take();
+        assert_eq!(again.offsets, BTreeMap::from([(0, 9)]), "the newest offsets are kept");
         assert_eq!(again.candles.values().map(Candle::trade_count).max(), Some(5), "restoring keeps what arrived meanwhile");
     }
 }

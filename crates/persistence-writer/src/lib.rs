@@ -100,7 +100,7 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     let owned = wick_kafka::owned_partitions(config.kafka.candles_partitions, config.instance.index, config.instance.count)?;
     let committed: HashMap<i32, i64> = {
         let db = pool.get().await.context("database connection for the stored offsets")?;
-        wick_store::load_offsets(&db, &config.kafka.candles_topic).await?.into_iter().collect()
+        wick_store::load_resume_offsets(&db, &config.kafka.candles_topic, config.redis.enabled).await?.into_iter().collect()
     };
     tracing::info!(partitions = ?owned, stored_offsets = ?committed, mode = mode.as_str(), "persistence-writer starting");
 
@@ -131,13 +131,14 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
             ttl: config.redis.ttl.get(),
             command_timeout: config.redis.command_timeout.get(),
         })?;
-        Some(tokio::spawn(cache::follow(cache, feed.clone(), metrics.clone(), shutdown.clone())))
+        Some(tokio::spawn(cache::follow(cache, feed.clone(), pool.clone(), config.kafka.candles_topic.clone(), metrics.clone())))
     } else {
         None
     };
 
     let batcher = Batcher { config: &config, pool: &pool, mode, metrics: &metrics, health: &health, positions: &positions, feed: &feed };
     let written = batcher.run(rx, clock, &shutdown).await;
+    feed.close();
     let mut dead_letters = 0;
     for reader in readers {
         match reader.await {
@@ -147,9 +148,6 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
         }
     }
     if let Some(follower) = follower {
-        if written.is_err() {
-            follower.abort();
-        }
         let _ = follower.await;
     }
     let mut summary = written?;
@@ -459,7 +457,7 @@ impl Batcher<'_> {
                         self.metrics.lag.with_label_values(&[&p.to_string()]).set(lag);
                     }
                     if self.config.redis.enabled {
-                        self.feed.offer(candles);
+                        self.feed.offer(candles, &batch.offsets);
                     }
                     return Ok(changed);
                 }

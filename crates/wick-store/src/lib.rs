@@ -19,6 +19,7 @@ pub use numeric::PgNumeric;
 
 const BASE: &str = include_str!("../../../migrations/0001_base.sql");
 const CHECKPOINTS: &str = include_str!("../../../migrations/0003_aggregator_checkpoints.sql");
+const CACHE_OFFSETS: &str = include_str!("../../../migrations/0004_writer_cache_offsets.sql");
 const COLUMNS: &str = include_str!("../../../migrations/0002_candles_columns.sql");
 const PLAIN: &str = include_str!("../../../migrations/0002_candles_plain.sql");
 const TIMESCALE: &str = include_str!("../../../migrations/0002_candles_timescale.sql");
@@ -107,12 +108,29 @@ pub async fn migrate(client: &mut Client, settings: &TimescaleSettings) -> Resul
     Ok(mode)
 }
 
+/// Applies only Wick's bookkeeping tables (offsets, checkpoints), not the candle schema: for the
+/// aggregator, which must not decide the candle store's settings before the writer does.
+pub async fn migrate_bookkeeping(client: &mut Client) -> Result<(), StoreError> {
+    client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await?;
+    let result = async {
+        client.batch_execute(BASE).await?;
+        client.batch_execute(CHECKPOINTS).await?;
+        client.batch_execute(CACHE_OFFSETS).await
+    }
+    .await;
+    let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
+    result?;
+    unlocked?;
+    Ok(())
+}
+
 /// The advisory lock key of migrations (any constant; "wick" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7769_636b;
 
 async fn migrate_locked(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
     client.batch_execute(BASE).await?;
     client.batch_execute(CHECKPOINTS).await?;
+    client.batch_execute(CACHE_OFFSETS).await?;
     let recorded = client.query_opt("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await?;
     let mode = match recorded.map(|r| r.get::<_, String>(0)) {
         Some(m) if m == StorageMode::Timescale.as_str() => StorageMode::Timescale,
@@ -406,6 +424,34 @@ pub async fn load_checkpoint(client: &impl GenericClient, topic: &str, partition
         .query_opt("SELECT next_offset, state FROM aggregator_checkpoints WHERE topic = $1 AND partition = $2", &[&topic, &partition])
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Records that the L2 cache holds everything from the partitions' records before these offsets.
+pub async fn save_cache_offsets(client: &impl GenericClient, topic: &str, offsets: &[(i32, i64)]) -> Result<(), StoreError> {
+    for (partition, next) in offsets {
+        client
+            .execute(
+                "UPDATE writer_offsets SET cache_next_offset = GREATEST(coalesce(cache_next_offset, 0), $3) WHERE topic = $1 AND partition = $2",
+                &[&topic, partition, next],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Where the writer resumes: per partition, the committed offset, or the cache's when the cache
+/// is behind (and `with_cache`).
+pub async fn load_resume_offsets(client: &Client, topic: &str, with_cache: bool) -> Result<Vec<(i32, i64)>, StoreError> {
+    let rows = client
+        .query("SELECT partition, next_offset, cache_next_offset FROM writer_offsets WHERE topic = $1 ORDER BY partition", &[&topic])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (p, next, cache): (i32, i64, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+            (p, if with_cache { cache.unwrap_or(0).min(next) } else { next })
+        })
+        .collect())
 }
 
 /// The next offset to consume of every partition of `topic` the writer has committed.

@@ -506,3 +506,33 @@ pub async fn wait_ready(address: &str, timeout: Duration) -> Result<()> {
     })
     .await
 }
+
+/// A service process that is killed when the test lets go of it, also when the test fails
+/// half-way (a panicking test must not leave a service running against shared topics).
+#[derive(Debug)]
+pub struct ServiceProcess(pub Child);
+
+impl ServiceProcess {
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.0.id());
+        }
+        Ok(self.0.wait()?)
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.kill();
+        }
+    }
+}
