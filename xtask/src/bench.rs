@@ -288,7 +288,7 @@ fn ingest_section(md: &mut String) -> Result<()> {
     writeln!(md, "## ingest-aggregator, end to end\n")?;
     writeln!(
         md,
-        "Command: `cargo bench -p ingest-aggregator --bench ingest`, against the stack's broker on this machine. {} trades of {} \
+        "Command: `cargo bench -p ingest-aggregator --bench ingest`, against a private tansu broker (SQLite engine, fresh data directory) on this machine. {} trades of {} \
          instruments ({} per record, {} records) are loaded into a {}-partition `market-events` topic first; then, in the same \
          process, (1) a bare rskafka loop fetches every partition to its end and decodes every `TradeBatch` (one task per partition), \
          and (2) the aggregator runs from a clean checkpoint table until every partition's checkpoint reaches the end of the input, \
@@ -371,7 +371,7 @@ fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     writeln!(md, "What limits the misses (read with the tables below):\n")?;
     writeln!(
         md,
-        "- **Ring against the `disruptor` crate, 1 consumer, bursts of 10 and 100.** Wick is about 10% slower per event (a \
+        "- **Ring against the `disruptor` crate, 1 consumer, burst 100 (burst 10 in some runs).** Wick is 5-15% slower per event (a \
          few nanoseconds per burst). The wait strategy is not the cause (Wick's busy-spin variant measures the same as its \
          yielding default); the difference is in the per-event publish and handle loops and is not diagnosed yet.\n\
          - **Ring, burst 1.** One event per round trip measures the hand-off itself: the producer's cursor and the consumer's \
