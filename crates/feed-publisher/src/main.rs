@@ -84,28 +84,13 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let config: Config = wick_service::config::load(cli.config.as_deref())?;
     let metrics = Metrics::new();
-    let readiness = wick_service::ops::Readiness::default();
-    let (trigger, shutdown) = wick_service::shutdown::channel();
-    let ops_shutdown = shutdown.clone();
-    let (ops_addr, ops) =
-        wick_service::ops::serve(
-            config.ops.listen,
-            metrics.registry.clone(),
-            readiness.clone(),
-            async move { ops_shutdown.requested().await },
-        )
-        .await?;
-    tracing::info!(%ops_addr, "operations endpoint up");
-    tokio::spawn(async move {
-        stop.await;
-        tracing::info!("shutdown requested: flushing");
-        trigger.trigger();
-    });
+    let service = wick_service::ops::Service::start(config.ops.listen, metrics.registry.clone(), stop, "flushing").await?;
+    let shutdown = service.shutdown.clone();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let client = run::connect(&config).await?;
     let producer = run::start_producer(&config, client, metrics.clone(), clock.clone()).await?;
-    readiness.set(true);
+    service.readiness.set(true);
     let summary = match cli.command {
         Command::Simulate { instruments, rate, seed, count } => {
             run::simulate(&producer, instruments, rate, seed, count, clock, &shutdown).await
@@ -135,8 +120,7 @@ async fn main() -> Result<()> {
     summary?;
     let (summary, stats) = finished?;
     println!("{summary} ({} records in {} requests, {} dead letters)", stats.records, stats.requests, stats.dead_letters);
-    readiness.set(false);
     drop(shutdown);
-    ops.abort();
+    service.finish();
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! feed-publisher's metrics, declared once; emitted per record batch, not per trade.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 use wick_core::{Instrument, Timestamp, Trade};
+use wick_service::metrics::{counter, counter_vec, histogram};
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -19,14 +20,6 @@ pub struct Metrics {
     pub reconnects: IntCounterVec,
 }
 
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|e| panic!("metric {name}: {e}"))
-}
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
@@ -36,30 +29,18 @@ impl Metrics {
                 "Trades handed to the broker in records, by instrument and exchange.",
                 &["instrument", "exchange"],
             ),
-            trades_per_record: histogram(
-                "wick_feed_trades_per_record",
-                "Trades per market-events record.",
-                prometheus::exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
-            ),
-            records_per_request: histogram(
-                "wick_feed_records_per_request",
-                "Records per produce request.",
-                prometheus::exponential_buckets(1.0, 2.0, 10).unwrap_or_default(),
-            ),
-            produce_seconds: histogram(
-                "wick_feed_produce_seconds",
-                "Duration of one produce request.",
-                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
-            ),
+            trades_per_record: histogram("wick_feed_trades_per_record", "Trades per market-events record.", 1.0, 2.0, 14),
+            records_per_request: histogram("wick_feed_records_per_request", "Records per produce request.", 1.0, 2.0, 10),
+            produce_seconds: histogram("wick_feed_produce_seconds", "Duration of one produce request.", 0.0005, 2.0, 14),
             publish_delay_seconds: histogram(
                 "wick_feed_exchange_to_publish_delay_seconds",
                 "Event time to hand-off to the producer, oldest trade of each record.",
-                prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default(),
+                0.001,
+                2.0,
+                16,
             ),
-            produce_errors: IntCounter::new("wick_feed_produce_errors_total", "Produce requests that failed after retries.")
-                .unwrap_or_else(|e| panic!("{e}")),
-            dead_letters: IntCounter::new("wick_feed_dead_letters_total", "Records written to the dead-letter topic.")
-                .unwrap_or_else(|e| panic!("{e}")),
+            produce_errors: counter("wick_feed_produce_errors_total", "Produce requests that failed after retries."),
+            dead_letters: counter("wick_feed_dead_letters_total", "Records written to the dead-letter topic."),
             rejected: counter_vec(
                 "wick_feed_rejected_total",
                 "Inputs that could not be parsed, by source and reason.",
@@ -94,9 +75,7 @@ impl Metrics {
             Box::new(m.gaps.clone()),
             Box::new(m.reconnects.clone()),
         ];
-        for c in collectors {
-            m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
-        }
+        wick_service::metrics::register(&m.registry, collectors);
         m
     }
 

@@ -36,25 +36,15 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let config: Config = wick_service::config::load(cli.config.as_deref())?;
     let metrics = Metrics::new();
-    let readiness = wick_service::ops::Readiness::default();
-    let (trigger, shutdown) = wick_service::shutdown::channel();
-    let ops_shutdown = shutdown.clone();
-    let (ops_addr, ops) =
-        wick_service::ops::serve(
-            config.ops.listen,
-            metrics.registry.clone(),
-            readiness.clone(),
-            async move { ops_shutdown.requested().await },
-        )
-        .await?;
-    tracing::info!(%ops_addr, "operations endpoint up");
-    tokio::spawn(async move {
-        stop.await;
-        tracing::info!("shutdown requested: draining the ring, flushing and checkpointing");
-        trigger.trigger();
-    });
-    ingest_aggregator::run(config, metrics, readiness, Arc::new(SystemClock), shutdown).await?;
+    let service = wick_service::ops::Service::start(
+        config.ops.listen,
+        metrics.registry.clone(),
+        stop,
+        "draining the ring, flushing and checkpointing",
+    )
+    .await?;
+    ingest_aggregator::run(config, metrics, service.readiness.clone(), Arc::new(SystemClock), service.shutdown.clone()).await?;
     tracing::info!("ingest-aggregator stopped");
-    ops.abort();
+    service.finish();
     Ok(())
 }

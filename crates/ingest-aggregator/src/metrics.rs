@@ -1,7 +1,8 @@
 //! ingest-aggregator's metrics, declared once; emitted per fetch and per ring batch.
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use wick_service::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
 
 use crate::shard::ShardStats;
 
@@ -26,22 +27,6 @@ pub struct Metrics {
     pub aggregation_errors: IntCounter,
 }
 
-fn check<T>(name: &str, r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric {name}: {e}"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    check(name, IntCounter::new(name, help))
-}
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    check(name, IntCounterVec::new(Opts::new(name, help), labels))
-}
-
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    check(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
@@ -52,22 +37,13 @@ impl Metrics {
                 &["partition"],
             ),
             trades_consumed: counter("wick_ingest_trades_consumed_total", "Trades decoded from consumed records."),
-            poll_seconds: histogram(
-                "wick_ingest_poll_seconds",
-                "Duration of one fetch from the broker.",
-                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
-            ),
-            lag: check(
+            poll_seconds: histogram("wick_ingest_poll_seconds", "Duration of one fetch from the broker.", 0.0005, 2.0, 14),
+            lag: gauge_vec(
                 "wick_ingest_consumer_lag_records",
-                IntGaugeVec::new(
-                    Opts::new("wick_ingest_consumer_lag_records", "Records behind: log end (high watermark) minus position, by partition."),
-                    &["partition"],
-                ),
+                "Records behind: log end (high watermark) minus position, by partition.",
+                &["partition"],
             ),
-            ring_remaining: check(
-                "wick_ingest_ring_remaining_capacity",
-                IntGauge::new("wick_ingest_ring_remaining_capacity", "Free slots of the ring."),
-            ),
+            ring_remaining: gauge("wick_ingest_ring_remaining_capacity", "Free slots of the ring."),
             events_dropped: counter(
                 "wick_ingest_events_dropped_total",
                 "Events dropped by the ring: always 0 (a full ring stalls fetching).",
@@ -86,16 +62,9 @@ impl Metrics {
                 &["kind"],
             ),
             records_produced: counter("wick_ingest_records_produced_total", "candles-completed records acknowledged by the broker."),
-            produce_seconds: histogram(
-                "wick_ingest_produce_seconds",
-                "Duration of one produce request.",
-                prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default(),
-            ),
+            produce_seconds: histogram("wick_ingest_produce_seconds", "Duration of one produce request.", 0.0005, 2.0, 14),
             checkpoints: counter("wick_ingest_checkpoints_total", "Partition checkpoints stored."),
-            checkpoint_bytes: check(
-                "wick_ingest_checkpoint_bytes",
-                IntGauge::new("wick_ingest_checkpoint_bytes", "Size of the latest partition checkpoint's state."),
-            ),
+            checkpoint_bytes: gauge("wick_ingest_checkpoint_bytes", "Size of the latest partition checkpoint's state."),
             aggregation_errors: counter("wick_ingest_aggregation_errors_total", "Trades or candles that overflowed the exact arithmetic."),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
@@ -116,9 +85,7 @@ impl Metrics {
             Box::new(m.checkpoint_bytes.clone()),
             Box::new(m.aggregation_errors.clone()),
         ];
-        for c in collectors {
-            m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
-        }
+        wick_service::metrics::register(&m.registry, collectors);
         m
     }
 

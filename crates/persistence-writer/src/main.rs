@@ -33,25 +33,11 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let config: Config = wick_service::config::load(cli.config.as_deref())?;
     let metrics = Metrics::new();
-    let readiness = wick_service::ops::Readiness::default();
-    let (trigger, shutdown) = wick_service::shutdown::channel();
-    let ops_shutdown = shutdown.clone();
-    let (ops_addr, ops) =
-        wick_service::ops::serve(
-            config.ops.listen,
-            metrics.registry.clone(),
-            readiness.clone(),
-            async move { ops_shutdown.requested().await },
-        )
-        .await?;
-    tracing::info!(%ops_addr, "operations endpoint up");
-    tokio::spawn(async move {
-        stop.await;
-        tracing::info!("shutdown requested: committing the batch in hand");
-        trigger.trigger();
-    });
-    let summary = persistence_writer::run(config, metrics, readiness, Arc::new(SystemClock), shutdown).await?;
+    let service =
+        wick_service::ops::Service::start(config.ops.listen, metrics.registry.clone(), stop, "committing the batch in hand").await?;
+    let summary =
+        persistence_writer::run(config, metrics, service.readiness.clone(), Arc::new(SystemClock), service.shutdown.clone()).await?;
     tracing::info!(?summary, "persistence-writer stopped");
-    ops.abort();
+    service.finish();
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! persistence-writer's metrics, declared once; emitted per batch.
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use wick_service::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -23,57 +24,28 @@ pub struct Metrics {
     pub l2_breaker_open: IntGauge,
 }
 
-fn check<T>(name: &str, r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric {name}: {e}"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    check(name, IntCounter::new(name, help))
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    check(name, IntGauge::new(name, help))
-}
-
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    check(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::new(),
             candles_received: counter("wick_writer_candles_received_total", "Candle events read from candles-completed."),
             rows_written: counter("wick_writer_rows_written_total", "Candle rows inserted or changed in the database."),
-            batch_candles: histogram(
-                "wick_writer_batch_candles",
-                "Distinct candles per database transaction.",
-                prometheus::exponential_buckets(1.0, 2.0, 16).unwrap_or_default(),
-            ),
+            batch_candles: histogram("wick_writer_batch_candles", "Distinct candles per database transaction.", 1.0, 2.0, 16),
             commit_seconds: histogram(
                 "wick_writer_commit_seconds",
                 "Duration of one write transaction (COPY, upsert, offsets, commit).",
-                prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
+                0.0005,
+                2.0,
+                16,
             ),
             db_retries: counter("wick_writer_db_retries_total", "Write transactions that failed and were retried."),
             db_up: gauge("wick_writer_db_up", "1 while the last database write succeeded, 0 while writes fail."),
-            lag: check(
+            lag: gauge_vec(
                 "wick_writer_lag_records",
-                IntGaugeVec::new(
-                    Opts::new(
-                        "wick_writer_lag_records",
-                        "Records of a partition not yet committed: high watermark minus committed offset.",
-                    ),
-                    &["partition"],
-                ),
+                "Records of a partition not yet committed: high watermark minus committed offset.",
+                &["partition"],
             ),
-            dead_letters: check(
-                "wick_writer_dead_letters_total",
-                IntCounterVec::new(
-                    Opts::new("wick_writer_dead_letters_total", "Records sent to the dead-letter topic, by reason."),
-                    &["reason"],
-                ),
-            ),
+            dead_letters: counter_vec("wick_writer_dead_letters_total", "Records sent to the dead-letter topic, by reason.", &["reason"]),
             l2_writes: counter("wick_writer_l2_writes_total", "Candles written to the Redis L2 cache."),
             l2_failures: counter("wick_writer_l2_failures_total", "Failed L2 cache writes (each opens the breaker)."),
             l2_invalidated: counter("wick_writer_l2_invalidated_total", "L2 chunks removed because too many writes were missed."),
@@ -95,9 +67,7 @@ impl Metrics {
             Box::new(m.l2_pending.clone()),
             Box::new(m.l2_breaker_open.clone()),
         ];
-        for c in collectors {
-            m.registry.register(c).unwrap_or_else(|e| panic!("registering metrics: {e}"));
-        }
+        wick_service::metrics::register(&m.registry, collectors);
         m
     }
 }

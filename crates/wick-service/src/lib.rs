@@ -2,11 +2,12 @@
 //! with `WICK__SECTION__KEY` environment overrides ([`config`]), durations written as `10ms` or
 //! `5m` ([`duration`]), logging ([`init_telemetry`]), the operations endpoint with `/metrics`,
 //! `/health/livez` and `/health/readyz` ([`ops`]), shutdown on SIGINT or SIGTERM ([`shutdown`]), and
-//! retry delays with jitter ([`backoff`]).
+//! retry delays with jitter ([`backoff`]), and metric declarations ([`metrics`]).
 
 pub mod backoff;
 pub mod config;
 pub mod duration;
+pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 

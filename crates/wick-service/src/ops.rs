@@ -53,3 +53,43 @@ pub async fn serve(
     let server = warp::serve(routes).incoming(listener).graceful(shutdown).run();
     Ok((bound, tokio::spawn(server)))
 }
+
+/// A running service's shared plumbing: readiness, the shutdown signal (SIGINT or SIGTERM, or a
+/// test), and the operations endpoint.
+#[derive(Debug)]
+pub struct Service {
+    pub readiness: Readiness,
+    pub shutdown: crate::shutdown::Shutdown,
+    pub ops_addr: SocketAddr,
+    ops: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Serves the operations endpoint on `listen` and turns `stop` (usually
+    /// [`crate::shutdown::signal`], created first thing in `main`) into the shutdown signal,
+    /// logging `on_stop` when it comes.
+    pub async fn start(
+        listen: SocketAddr,
+        registry: Registry,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+        on_stop: &'static str,
+    ) -> Result<Service> {
+        let readiness = Readiness::default();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let ops_shutdown = shutdown.clone();
+        let (ops_addr, ops) = serve(listen, registry, readiness.clone(), async move { ops_shutdown.requested().await }).await?;
+        tracing::info!(%ops_addr, "operations endpoint up");
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!("shutdown requested: {on_stop}");
+            trigger.trigger();
+        });
+        Ok(Service { readiness, shutdown, ops_addr, ops })
+    }
+
+    /// Stops the operations endpoint.
+    pub fn finish(self) {
+        self.readiness.set(false);
+        self.ops.abort();
+    }
+}
