@@ -144,6 +144,13 @@ fn broker_up() -> Result<()> {
     }
     let binary = tansu()?;
     let dir = stack_dir().join("tansu");
+    // The stack's broker starts empty every time: tests and benchmarks only ever add topics (with
+    // unique names), and tansu's SQLite engine fetches more slowly as its database grows (see
+    // ARCHITECTURE.md), so a broker that kept everything would slow each run down further.
+    // `stack up` creates Wick's topics again below.
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
     fs::create_dir_all(&dir)?;
     let log = fs::File::create(dir.join("broker.log"))?;
     // The SQLite path is relative to the broker's working directory (an absolute one fails in 0.6.0).
