@@ -1,18 +1,22 @@
 //! feed-publisher's configuration (YAML file, `WICK__SECTION__KEY` overrides). With no file it
 //! works against the stack of `cargo xtask stack up`.
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
-use wick_service::config::Validate;
+use wick_service::config::{OpsConfig, Validate};
 use wick_service::duration::Duration;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub producer: ProducerConfig,
     pub ops: OpsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { kafka: Default::default(), producer: Default::default(), ops: OpsConfig::on_port(9101) }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -38,13 +42,6 @@ pub struct ProducerConfig {
     pub compression: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct OpsConfig {
-    /// `/metrics`, `/health/livez`, `/health/readyz`.
-    pub listen: SocketAddr,
-}
-
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -59,12 +56,6 @@ impl Default for KafkaConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig { linger: Duration::from_millis(10), max_request_bytes: 900_000, compression: "lz4".into() }
-    }
-}
-
-impl Default for OpsConfig {
-    fn default() -> Self {
-        OpsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9101)) }
     }
 }
 

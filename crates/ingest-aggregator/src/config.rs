@@ -1,14 +1,12 @@
 //! ingest-aggregator's configuration (YAML file, `WICK__SECTION__KEY` overrides). With no file it
 //! works against the stack of `cargo xtask stack up`; the defaults are the seed's.
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
 use wick_core::Interval;
-use wick_service::config::Validate;
+use wick_service::config::{InstanceConfig, OpsConfig, Validate};
 use wick_service::duration::Duration;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -19,6 +17,21 @@ pub struct Config {
     pub output: OutputConfig,
     pub checkpoint: CheckpointConfig,
     pub ops: OpsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: Default::default(),
+            instance: Default::default(),
+            consumer: Default::default(),
+            ring: Default::default(),
+            aggregation: Default::default(),
+            output: Default::default(),
+            checkpoint: Default::default(),
+            ops: OpsConfig::on_port(9102),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -36,14 +49,6 @@ pub struct KafkaConfig {
     pub dead_letter_partitions: i32,
     /// How long broker requests retry before an outage fails the run.
     pub request_deadline: Duration,
-}
-
-/// Which partitions this instance owns: `p mod count == index`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct InstanceConfig {
-    pub index: u32,
-    pub count: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -106,13 +111,6 @@ pub struct CheckpointConfig {
     pub interval: Duration,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct OpsConfig {
-    /// `/metrics`, `/health/livez`, `/health/readyz`.
-    pub listen: SocketAddr,
-}
-
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -125,12 +123,6 @@ impl Default for KafkaConfig {
             dead_letter_partitions: 4,
             request_deadline: Duration::from_secs(30),
         }
-    }
-}
-
-impl Default for InstanceConfig {
-    fn default() -> Self {
-        InstanceConfig { index: 0, count: 1 }
     }
 }
 
@@ -176,12 +168,6 @@ impl Default for CheckpointConfig {
     }
 }
 
-impl Default for OpsConfig {
-    fn default() -> Self {
-        OpsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9102)) }
-    }
-}
-
 impl Config {
     /// The configured intervals (validated).
     pub fn intervals(&self) -> Vec<Interval> {
@@ -222,9 +208,7 @@ impl Validate for Config {
                 problems.push(format!("kafka.{name} must be at least 1 (got {value})"));
             }
         }
-        if self.instance.count == 0 || self.instance.index >= self.instance.count {
-            problems.push(format!("instance.index ({}) must be below instance.count ({})", self.instance.index, self.instance.count));
-        }
+        problems.extend(self.instance.problem());
         let c = &self.consumer;
         if c.fetch_min_bytes < 1 || c.fetch_max_bytes < c.fetch_min_bytes.max(1024) {
             problems.push(format!(

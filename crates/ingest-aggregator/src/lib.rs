@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use wick_core::Clock;
 use wick_service::ops::Readiness;
@@ -39,7 +39,7 @@ const MAX_ID_RANGES: usize = 4096;
 
 /// Runs the aggregator until `shutdown`; then drains the ring, flushes, checkpoints and returns.
 pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<()> {
-    let pool = checkpoint_pool(&config)?;
+    let pool = wick_store::pool(&config.checkpoint.database_url, config.checkpoint.schema.as_deref(), 2)?;
     prepare_database(&config, &pool).await?;
     let client = Arc::new(wick_kafka::connect(&config.kafka.brokers, config.kafka.request_deadline.get()).await?);
     let k = &config.kafka;
@@ -156,16 +156,6 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn checkpoint_pool(config: &Config) -> Result<Pool> {
-    let mut pg: tokio_postgres::Config = config.checkpoint.database_url.parse().context("checkpoint.database_url")?;
-    if let Some(schema) = &config.checkpoint.schema {
-        pg.options(format!("-c search_path={schema}"));
-    }
-    pg.connect_timeout(Duration::from_secs(5));
-    let manager = Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(2).build().context("building the checkpoint database pool")
 }
 
 /// Creates the database if missing and applies the bookkeeping migrations (the checkpoint table).

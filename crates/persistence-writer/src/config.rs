@@ -1,13 +1,11 @@
 //! persistence-writer's configuration (YAML file, `WICK__SECTION__KEY` overrides). With no file it
 //! works against the stack of `cargo xtask stack up`.
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
-use wick_service::config::Validate;
+use wick_service::config::{InstanceConfig, OpsConfig, Validate};
 use wick_service::duration::Duration;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -16,6 +14,19 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub ops: OpsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: Default::default(),
+            instance: Default::default(),
+            batch: Default::default(),
+            database: Default::default(),
+            redis: Default::default(),
+            ops: OpsConfig::on_port(9103),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,14 +45,6 @@ pub struct KafkaConfig {
     pub fetch_max_wait: Duration,
     /// The most bytes one fetch returns.
     pub fetch_max_bytes: i32,
-}
-
-/// Which partitions this instance owns: `p mod count == index`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct InstanceConfig {
-    pub index: u32,
-    pub count: u32,
 }
 
 /// A batch is written when it holds `max_candles` candles or its first candle waited `max_delay`.
@@ -88,13 +91,6 @@ pub struct RedisConfig {
     pub max_pending: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct OpsConfig {
-    /// `/metrics`, `/health/livez`, `/health/readyz`.
-    pub listen: SocketAddr,
-}
-
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -106,12 +102,6 @@ impl Default for KafkaConfig {
             fetch_max_wait: Duration::from_millis(100),
             fetch_max_bytes: 8 * 1024 * 1024,
         }
-    }
-}
-
-impl Default for InstanceConfig {
-    fn default() -> Self {
-        InstanceConfig { index: 0, count: 1 }
     }
 }
 
@@ -150,12 +140,6 @@ impl Default for RedisConfig {
     }
 }
 
-impl Default for OpsConfig {
-    fn default() -> Self {
-        OpsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9103)) }
-    }
-}
-
 fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
 }
@@ -175,9 +159,7 @@ impl Validate for Config {
         if self.kafka.fetch_max_bytes < 1024 {
             problems.push(format!("kafka.fetch_max_bytes must be at least 1024 (got {})", self.kafka.fetch_max_bytes));
         }
-        if self.instance.count == 0 || self.instance.index >= self.instance.count {
-            problems.push(format!("instance.index ({}) must be below instance.count ({})", self.instance.index, self.instance.count));
-        }
+        problems.extend(self.instance.problem());
         if self.batch.max_candles == 0 {
             problems.push("batch.max_candles must be at least 1".into());
         }

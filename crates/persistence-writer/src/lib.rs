@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
@@ -84,7 +84,7 @@ struct Fetched {
 /// Runs the writer until `shutdown`; then commits the batch in hand and returns.
 pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Summary> {
     let health = Arc::new(Health { broker: AtomicBool::new(false), db: AtomicBool::new(false), readiness, metrics: metrics.clone() });
-    let pool = database_pool(&config)?;
+    let pool = wick_store::pool(&config.database.url, config.database.schema.as_deref(), config.database.pool_size)?;
     let Some(mode) = migrate_with_retries(&config, &pool, &health, &shutdown).await? else {
         return Ok(Summary::default());
     };
@@ -154,17 +154,6 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     summary.dead_letters = dead_letters;
     health.readiness.set(false);
     Ok(summary)
-}
-
-/// The pool, with the schema of the config on every connection's search path.
-fn database_pool(config: &Config) -> Result<Pool> {
-    let mut pg: tokio_postgres::Config = config.database.url.parse().context("database.url")?;
-    if let Some(schema) = &config.database.schema {
-        pg.options(format!("-c search_path={schema}"));
-    }
-    pg.connect_timeout(Duration::from_secs(5));
-    let manager = Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(config.database.pool_size).build().context("building the database pool")
 }
 
 /// Creates the database if missing and applies the schema, retrying while the database is

@@ -98,6 +98,44 @@ fn set(value: &mut Value, path: &[String], scalar: Value) -> Result<()> {
     set(entry, rest, scalar)
 }
 
+/// The operations endpoint of a service: `/metrics`, `/health/livez`, `/health/readyz`. Each
+/// service has its own default port, so that all of them run side by side on one machine.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+impl OpsConfig {
+    /// Listening on loopback at `port`.
+    pub fn on_port(port: u16) -> OpsConfig {
+        OpsConfig { listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
+
+/// Which partitions an instance owns: `p mod count == index` (e.g. a StatefulSet ordinal and its
+/// replica count).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig { index: 0, count: 1 }
+    }
+}
+
+impl InstanceConfig {
+    /// The problem with this assignment, if any.
+    pub fn problem(&self) -> Option<String> {
+        (self.count == 0 || self.index >= self.count)
+            .then(|| format!("instance.index ({}) must be below instance.count ({})", self.index, self.count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

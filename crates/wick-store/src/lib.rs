@@ -29,6 +29,8 @@ const TIMESCALE: &str = include_str!("../../../migrations/0002_candles_timescale
 pub enum StoreError {
     #[error("database: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
+    #[error("database connection pool: {0}")]
+    Pool(String),
     #[error("unknown storage mode {0:?} recorded in wick_meta")]
     UnknownMode(String),
 }
@@ -39,6 +41,22 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
     }
+}
+
+/// A connection pool to `url`, with `schema` (if any) on every connection's search path.
+/// Connections that broke (a database restart) are replaced when next taken.
+pub fn pool(url: &str, schema: Option<&str>, max_size: usize) -> Result<deadpool_postgres::Pool, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if let Some(schema) = schema {
+        config.options(format!("-c search_path={schema}"));
+    }
+    config.connect_timeout(Duration::from_secs(5));
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    deadpool_postgres::Pool::builder(manager).max_size(max_size).build().map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 /// Where candles live.
