@@ -2,7 +2,7 @@
 //! be built is a programming error (a bad name), found by every service's first test.
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 fn check<T>(name: &str, r: prometheus::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("metric {name}: {e}"))
@@ -28,6 +28,12 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 pub fn histogram(name: &str, help: &str, start: f64, factor: f64, count: usize) -> Histogram {
     let buckets = check(name, prometheus::exponential_buckets(start, factor, count));
     check(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
+}
+
+/// [`histogram`] with labels.
+pub fn histogram_vec(name: &str, help: &str, labels: &[&str], start: f64, factor: f64, count: usize) -> HistogramVec {
+    let buckets = check(name, prometheus::exponential_buckets(start, factor, count));
+    check(name, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels))
 }
 
 /// Registers every collector.

@@ -4,6 +4,8 @@
 //! Tests run against the real services that `cargo xtask stack up` starts. An unreachable service
 //! fails the test with a message naming it; nothing is ever skipped.
 
+pub mod browser;
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -71,3 +71,78 @@ async fn wait_until_reports_what_it_waited_for() {
     .unwrap();
     assert_eq!(n, 3);
 }
+
+/// A page whose script paints a 50 x 50 square on a 200 x 100 canvas, a tick after loading, and
+/// then counts the painted pixels.
+const CANVAS_PAGE: &str = r#"<!doctype html>
+<html><body style="margin:0;background:#fff">
+<canvas id="c" width="200" height="100"></canvas>
+<script>
+setTimeout(() => {
+  const ctx = document.getElementById('c').getContext('2d');
+  ctx.fillStyle = '#e0403a';
+  ctx.fillRect(20, 20, 50, 50);
+  const pixels = ctx.getImageData(0, 0, 200, 100).data;
+  let painted = 0;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i] !== 0) painted += 1;
+  window.painted = painted;
+}, 100);
+</script>
+</body></html>"#;
+
+/// Serves `CANVAS_PAGE` at `/` (and 404 elsewhere) over hand-written HTTP/1.1, one request per
+/// connection.
+async fn serve_canvas_page() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (status, body) = if request.starts_with(b"GET / ") { ("200 OK", CANVAS_PAGE) } else { ("404 Not Found", "not found") };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn the_browser_runs_a_page_and_takes_screenshots() {
+    use wick_test_support::browser::{Browser, VIEWPORT};
+    let address = serve_canvas_page().await;
+    let browser = Browser::launch().unwrap();
+    let page = browser.open(&format!("http://{address}/")).await.unwrap();
+
+    let painted = page.wait_for("window.painted", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(painted, serde_json::json!(50 * 50));
+    assert_eq!(page.eval("document.getElementById('c').width * 2").await.unwrap(), serde_json::json!(400));
+    assert_eq!(page.eval("Promise.resolve({a: [1, 'x']})").await.unwrap(), serde_json::json!({"a": [1, "x"]}));
+
+    let err = page.eval("throw new Error('the page says no')").await.unwrap_err();
+    assert!(err.to_string().contains("the page says no"), "{err}");
+    let err = page.wait_for("window.painted > 1e9", Duration::from_millis(300)).await.unwrap_err();
+    assert!(err.to_string().contains("window.painted > 1e9") && err.to_string().contains("false"), "{err}");
+
+    let png = page.screenshot_png().await.unwrap();
+    assert!(png.starts_with(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]), "{:?}", &png[..png.len().min(16)]);
+    // The IHDR chunk: width and height, big-endian, at bytes 16..24.
+    let size = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    assert_eq!((size(16), size(20)), VIEWPORT);
+
+    let err = browser.open(&format!("http://{}/", closed_port())).await.unwrap_err();
+    assert!(err.to_string().contains("ERR_CONNECTION_REFUSED"), "{err:#}");
+}

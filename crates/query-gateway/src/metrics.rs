@@ -1,0 +1,112 @@
+//! query-gateway's metrics, declared once.
+
+use prometheus::core::Collector;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use wick_service::metrics::{counter, counter_vec, gauge, histogram_vec, register};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by API (rest, binance, grpc, ws), route and status.
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub l1_hits: IntCounter,
+    pub l1_misses: IntCounter,
+    pub l1_entries: IntGauge,
+    pub l1_candles: IntGauge,
+    pub l2_hits: IntCounter,
+    pub l2_misses: IntCounter,
+    pub l2_errors: IntCounter,
+    pub l2_breaker_open: IntGauge,
+    pub db_loads: IntCounter,
+    pub db_errors: IntCounter,
+    pub live_events: IntCounter,
+    pub live_lag: IntGauge,
+    pub unpersisted: IntGauge,
+    pub unpersisted_dropped: IntCounter,
+    pub ws_clients: IntGauge,
+    pub stream_clients: IntGauge,
+    /// Live clients disconnected, by reason.
+    pub clients_dropped: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub dead_letters: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter_vec("wick_gateway_requests_total", "Requests by API, route and status.", &["api", "route", "status"]),
+            request_seconds: histogram_vec(
+                "wick_gateway_request_seconds",
+                "Request latency by API and route.",
+                &["api", "route"],
+                0.00005,
+                2.0,
+                18,
+            ),
+            l1_hits: counter("wick_gateway_l1_hits_total", "Chunks served from the in-process cache."),
+            l1_misses: counter("wick_gateway_l1_misses_total", "Chunks not in the in-process cache (loaded from L2 or the database)."),
+            l1_entries: gauge("wick_gateway_l1_entries", "Chunks held in the in-process cache."),
+            l1_candles: gauge("wick_gateway_l1_candles", "Candles held in the in-process cache."),
+            l2_hits: counter("wick_gateway_l2_hits_total", "Chunks served whole from Redis."),
+            l2_misses: counter("wick_gateway_l2_misses_total", "Chunks Redis did not hold whole."),
+            l2_errors: counter("wick_gateway_l2_errors_total", "Failed Redis calls (each opens the breaker)."),
+            l2_breaker_open: gauge("wick_gateway_l2_breaker_open", "1 while the Redis circuit breaker is open."),
+            db_loads: counter("wick_gateway_db_loads_total", "Chunks loaded from the database."),
+            db_errors: counter("wick_gateway_db_errors_total", "Database reads that failed or timed out."),
+            live_events: counter("wick_gateway_live_events_total", "Candle events read from candles-completed."),
+            live_lag: gauge("wick_gateway_live_lag_records", "Records of candles-completed not yet read, summed over partitions."),
+            unpersisted: gauge("wick_gateway_unpersisted_candles", "Candle versions seen live that the writer has not stored yet."),
+            unpersisted_dropped: counter(
+                "wick_gateway_unpersisted_dropped_total",
+                "Unstored candle versions dropped because the writer was too far behind.",
+            ),
+            ws_clients: gauge("wick_gateway_ws_clients", "Open WebSocket connections."),
+            stream_clients: gauge("wick_gateway_stream_clients", "Open gRPC StreamCandles calls."),
+            clients_dropped: counter_vec("wick_gateway_clients_dropped_total", "Live clients disconnected, by reason.", &["reason"]),
+            rate_limited: counter_vec("wick_gateway_rate_limited_total", "Requests refused by a rate limit, by limit.", &["limit"]),
+            dead_letters: counter(
+                "wick_gateway_undecodable_records_total",
+                "candles-completed records that are not candle batches (skipped; the writer dead-letters them).",
+            ),
+        };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_seconds.clone()),
+            Box::new(m.l1_hits.clone()),
+            Box::new(m.l1_misses.clone()),
+            Box::new(m.l1_entries.clone()),
+            Box::new(m.l1_candles.clone()),
+            Box::new(m.l2_hits.clone()),
+            Box::new(m.l2_misses.clone()),
+            Box::new(m.l2_errors.clone()),
+            Box::new(m.l2_breaker_open.clone()),
+            Box::new(m.db_loads.clone()),
+            Box::new(m.db_errors.clone()),
+            Box::new(m.live_events.clone()),
+            Box::new(m.live_lag.clone()),
+            Box::new(m.unpersisted.clone()),
+            Box::new(m.unpersisted_dropped.clone()),
+            Box::new(m.ws_clients.clone()),
+            Box::new(m.stream_clients.clone()),
+            Box::new(m.clients_dropped.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.dead_letters.clone()),
+        ];
+        register(&m.registry, collectors);
+        m
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, api: &str, route: &str, status: u16, seconds: f64) {
+        self.requests.with_label_values(&[api, route, &status.to_string()]).inc();
+        self.request_seconds.with_label_values(&[api, route]).observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,491 @@
+//! What a candle query means, independent of where the candles come from: parameter parsing and
+//! validation, the bounded range of open times a query covers, gap filling, and Binance's
+//! `timeZone` (buckets cut at a UTC offset, combined exactly from smaller stored candles).
+//!
+//! Every query covers at most `limit` (≤ 1000) buckets of its interval, so no request can ask for
+//! unbounded work: with `fill=none` a sparse series returns fewer than `limit` candles.
+
+use std::cmp::Ordering;
+
+use wick_core::time::MICROS_PER_DAY;
+use wick_core::{Candle, Decimal, Instrument, Interval, Timestamp, UtcOffset};
+
+use crate::error::ApiError;
+
+/// The most candles one query returns.
+pub const MAX_LIMIT: usize = 1000;
+/// Without `limit`.
+pub const DEFAULT_LIMIT: usize = 500;
+
+/// How buckets without trades are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fill {
+    /// Left out.
+    #[default]
+    None,
+    /// A flat candle at the previous close with zero volume (as Binance does).
+    Previous,
+}
+
+impl std::str::FromStr for Fill {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Fill, ApiError> {
+        match s {
+            "none" => Ok(Fill::None),
+            "previous" => Ok(Fill::Previous),
+            _ => Err(ApiError::invalid("fill", format!("invalid fill {s:?}: expected none or previous"))),
+        }
+    }
+}
+
+/// A validated candle query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandleQuery {
+    pub instrument: Instrument,
+    pub interval: Interval,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    pub limit: usize,
+    pub fill: Fill,
+    /// Buckets cut at this offset (Binance `timeZone`); UTC for everything else.
+    pub offset: UtcOffset,
+}
+
+pub fn parse_instrument(s: &str) -> Result<Instrument, ApiError> {
+    Instrument::new(s).map_err(|e| ApiError::invalid("instrument", e.to_string()))
+}
+
+pub fn parse_interval(param: &'static str, s: &str) -> Result<Interval, ApiError> {
+    s.parse::<Interval>().map_err(|e| ApiError::invalid(param, e.to_string()))
+}
+
+/// Epoch milliseconds, or RFC 3339.
+pub fn parse_time(param: &'static str, s: &str) -> Result<Timestamp, ApiError> {
+    let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<i64>().map_err(|e| e.to_string()).and_then(|ms| Timestamp::from_millis(ms).map_err(|e| e.to_string()))
+    } else {
+        Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|e| ApiError::invalid(param, format!("{param}: {e} (expected epoch milliseconds or RFC 3339)")))
+}
+
+pub fn parse_limit(s: Option<&str>) -> Result<usize, ApiError> {
+    let Some(s) = s else { return Ok(DEFAULT_LIMIT) };
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid("limit", format!("limit must be an integer from 1 to {MAX_LIMIT} (got {s:?})"))),
+    }
+}
+
+pub fn parse_offset(s: &str) -> Result<UtcOffset, ApiError> {
+    s.parse::<UtcOffset>().map_err(|e| ApiError::invalid("timeZone", e.to_string()))
+}
+
+/// `start` must not be after `end`.
+pub fn check_order(start: Option<Timestamp>, end: Option<Timestamp>) -> Result<(), ApiError> {
+    match (start, end) {
+        (Some(s), Some(e)) if s > e => Err(ApiError::invalid("start", "start must not be after end")),
+        _ => Ok(()),
+    }
+}
+
+/// The open times a query covers: the buckets opening in `[first, last]`, at most `limit` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: Timestamp,
+    pub last: Timestamp,
+}
+
+/// The bucket grid of a query: its interval cut at its offset.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub interval: Interval,
+    pub offset: UtcOffset,
+}
+
+impl Grid {
+    pub fn start(self, t: Timestamp) -> Timestamp {
+        self.interval.bucket_start_with_offset(t, self.offset)
+    }
+    pub fn next(self, open: Timestamp) -> Timestamp {
+        self.interval.next_open_with_offset(open, self.offset)
+    }
+    fn prev(self, open: Timestamp) -> Timestamp {
+        self.start(open.saturating_sub_micros(1))
+    }
+    /// Whether the offset moves this interval's boundaries away from the stored (UTC) ones.
+    pub fn is_shifted(self) -> bool {
+        let shift = i64::from(self.offset.minutes()) * 60_000_000;
+        match (self.interval, self.interval.fixed_micros()) {
+            (_, _) if shift == 0 => false,
+            (Interval::W1 | Interval::Mo1, _) => true,
+            (_, Some(len)) => shift % len != 0,
+            (_, None) => true,
+        }
+    }
+}
+
+impl CandleQuery {
+    pub fn grid(&self) -> Grid {
+        Grid { interval: self.interval, offset: self.offset }
+    }
+
+    /// The buckets this query covers at `now`; `None` when none can hold a candle.
+    pub fn span(&self, now: Timestamp) -> Option<Span> {
+        let grid = self.grid();
+        let n = self.limit.max(1);
+        match (self.start, self.end) {
+            (Some(start), end) => {
+                let mut first = grid.start(start);
+                if first < start {
+                    first = grid.next(first);
+                }
+                let end = end.unwrap_or(Timestamp::END.saturating_sub_micros(1));
+                let mut last = first;
+                for _ in 1..n {
+                    let next = grid.next(last);
+                    if next > end || next >= Timestamp::END {
+                        break;
+                    }
+                    last = next;
+                }
+                (first <= end).then_some(Span { first, last })
+            }
+            (None, end) => {
+                let last = grid.start(end.unwrap_or(now));
+                let mut first = last;
+                for _ in 1..n {
+                    if first.as_micros() <= 0 {
+                        break;
+                    }
+                    first = grid.prev(first);
+                }
+                Some(Span { first: first.max(Timestamp::MIN), last })
+            }
+        }
+    }
+}
+
+/// A candle as the klines endpoint and `timeZone` composition need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bar {
+    pub open_time: Timestamp,
+    /// Next open time minus 1 ms.
+    pub close_time: Timestamp,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub quote_volume: Decimal,
+    pub trade_count: u64,
+    pub taker_buy_volume: Decimal,
+    pub taker_buy_quote_volume: Decimal,
+}
+
+impl Bar {
+    pub fn of(c: &Candle) -> Bar {
+        Bar {
+            open_time: c.open_time(),
+            close_time: c.close_time(),
+            open: c.open(),
+            high: c.high(),
+            low: c.low(),
+            close: c.close(),
+            volume: c.volume(),
+            quote_volume: c.quote_volume(),
+            trade_count: c.trade_count(),
+            taker_buy_volume: c.taker_buy_volume(),
+            taker_buy_quote_volume: c.taker_buy_quote_volume(),
+        }
+    }
+
+    fn flat(open_time: Timestamp, next_open: Timestamp, price: Decimal) -> Bar {
+        Bar {
+            open_time,
+            close_time: next_open.saturating_sub_micros(1000),
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: Decimal::ZERO,
+            quote_volume: Decimal::ZERO,
+            trade_count: 0,
+            taker_buy_volume: Decimal::ZERO,
+            taker_buy_quote_volume: Decimal::ZERO,
+        }
+    }
+
+    /// Folds a later candle of this bar's bucket in (sources come oldest first, so the first
+    /// traded one gives the open and the last the close).
+    fn absorb(&mut self, c: &Candle) -> Result<(), ApiError> {
+        if c.trade_count() == 0 {
+            return Ok(());
+        }
+        let overflow = || ApiError::invalid("interval", "a sum overflows the exact decimal range");
+        if self.trade_count == 0 {
+            (self.open, self.high, self.low) = (c.open(), c.high(), c.low());
+        } else {
+            if c.high().cmp(&self.high) == Ordering::Greater {
+                self.high = c.high();
+            }
+            if c.low().cmp(&self.low) == Ordering::Less {
+                self.low = c.low();
+            }
+        }
+        self.close = c.close();
+        self.volume = self.volume.checked_add(c.volume()).ok_or_else(overflow)?;
+        self.quote_volume = self.quote_volume.checked_add(c.quote_volume()).ok_or_else(overflow)?;
+        self.taker_buy_volume = self.taker_buy_volume.checked_add(c.taker_buy_volume()).ok_or_else(overflow)?;
+        self.taker_buy_quote_volume = self.taker_buy_quote_volume.checked_add(c.taker_buy_quote_volume()).ok_or_else(overflow)?;
+        self.trade_count += c.trade_count();
+        Ok(())
+    }
+}
+
+/// The stored interval `timeZone` buckets of `grid` are combined from: the longest one whose
+/// boundaries are all boundaries of the shifted grid.
+pub fn source_interval(grid: Grid) -> Interval {
+    let shift = i64::from(grid.offset.minutes()).abs() * 60_000_000;
+    let target = grid.interval.fixed_micros().unwrap_or(MICROS_PER_DAY);
+    Interval::ALL
+        .into_iter()
+        .filter_map(|i| i.fixed_micros().map(|len| (i, len)))
+        .filter(|&(_, len)| len <= MICROS_PER_DAY && MICROS_PER_DAY % len == 0 && target % len == 0 && shift % len == 0)
+        .map(|(i, _)| i)
+        .next_back()
+        .unwrap_or(Interval::M1)
+}
+
+/// Bars for the buckets of `span` on `grid`, from `sources`: stored candles sorted by open time,
+/// each inside one bucket (stored candles of the grid's own interval when it is not shifted, of
+/// [`source_interval`] when it is). `previous` is the last candle before the span, for filling.
+pub fn bars(grid: Grid, span: Span, sources: &[Candle], previous: Option<&Candle>, fill: Fill) -> Result<Vec<Bar>, ApiError> {
+    let mut out = Vec::new();
+    let mut last_close = previous.map(Candle::close);
+    let mut i = sources.partition_point(|c| c.open_time() < span.first);
+    let mut open = span.first;
+    while open <= span.last {
+        let next = grid.next(open);
+        let mut bar: Option<Bar> = None;
+        while i < sources.len() && sources[i].open_time() < next {
+            let c = &sources[i];
+            i += 1;
+            if c.trade_count() == 0 {
+                continue;
+            }
+            match &mut bar {
+                None => {
+                    let mut b = Bar::flat(open, next, c.open());
+                    b.absorb(c)?;
+                    bar = Some(b);
+                }
+                Some(b) => b.absorb(c)?,
+            }
+        }
+        match bar {
+            Some(b) => {
+                last_close = Some(b.close);
+                out.push(b);
+            }
+            None => {
+                if let (Fill::Previous, Some(price)) = (fill, last_close) {
+                    out.push(Bar::flat(open, next, price));
+                }
+            }
+        }
+        open = next;
+    }
+    Ok(out)
+}
+
+/// The candles of `span` (stored candles of the query's own interval, sorted), gaps filled as
+/// asked: flat candles at the previous close.
+pub fn candles(span: Span, interval: Interval, stored: &[Candle], previous: Option<&Candle>, fill: Fill) -> Vec<Candle> {
+    let from = stored.partition_point(|c| c.open_time() < span.first);
+    let to = stored.partition_point(|c| c.open_time() <= span.last);
+    let stored = &stored[from..to];
+    if fill == Fill::None {
+        return stored.to_vec();
+    }
+    let mut out = Vec::with_capacity(stored.len());
+    let mut last = previous.cloned();
+    let mut next_stored = stored.iter().peekable();
+    let mut open = span.first;
+    while open <= span.last {
+        match next_stored.peek() {
+            Some(c) if c.open_time() == open => {
+                last = Some((*c).clone());
+                out.push((*c).clone());
+                next_stored.next();
+            }
+            _ => {
+                if let Some(prev) = &last {
+                    if let Ok(mut flat) = Candle::flat(prev.instrument().clone(), interval, open, prev.close()) {
+                        // A gap followed by a traded candle is over; one at the end may still fill.
+                        if next_stored.peek().is_some() {
+                            flat.mark_closed();
+                        }
+                        out.push(flat);
+                    }
+                }
+            }
+        }
+        open = interval.next_open(open);
+    }
+    out
+}
+
+/// `BTCUSDT` -> `<exchange>:BTC-USDT`, splitting at the longest known quote asset.
+pub fn binance_symbol(symbol: &str, exchange: &str, quote_assets: &[String]) -> Result<Instrument, ApiError> {
+    let invalid = || ApiError::invalid("symbol", "Invalid symbol.");
+    if symbol.is_empty() || symbol.len() > 20 || !symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let mut quotes: Vec<&String> = quote_assets.iter().collect();
+    quotes.sort_by_key(|q| std::cmp::Reverse(q.len()));
+    let quote = quotes.into_iter().find(|q| symbol.len() > q.len() && symbol.ends_with(q.as_str())).ok_or_else(invalid)?;
+    Instrument::from_parts(exchange, &symbol[..symbol.len() - quote.len()], quote).map_err(|_| invalid())
+}
+
+/// `<exchange>:BTC-USDT` -> `BTCUSDT`.
+pub fn to_binance_symbol(instrument: &Instrument) -> String {
+    format!("{}{}", instrument.base(), instrument.quote())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wick_core::{TakerSide, Trade};
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms).unwrap()
+    }
+
+    fn trade(id: u64, ms: i64, price: &str, qty: &str) -> Trade {
+        Trade::new(
+            Instrument::new("BINANCE:BTC-USDT").unwrap(),
+            id,
+            price.parse().unwrap(),
+            qty.parse().unwrap(),
+            TakerSide::Buy,
+            ts(ms),
+            ts(ms),
+        )
+        .unwrap()
+    }
+
+    fn series(interval: Interval, trades: &[Trade]) -> Vec<Candle> {
+        let mut out: Vec<Candle> = Vec::new();
+        for t in trades {
+            match out.iter_mut().find(|c| c.open_time() == interval.bucket_start(t.event_time())) {
+                Some(c) => c.apply(t).unwrap(),
+                None => out.push(Candle::from_trade(interval, t).unwrap()),
+            }
+        }
+        out.sort_by_key(Candle::open_time);
+        out
+    }
+
+    fn query(interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize) -> CandleQuery {
+        CandleQuery {
+            instrument: Instrument::new("BINANCE:BTC-USDT").unwrap(),
+            interval,
+            start: start.map(ts),
+            end: end.map(ts),
+            limit,
+            fill: Fill::None,
+            offset: UtcOffset::UTC,
+        }
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        assert_eq!(parse_time("start", "1700000000000").unwrap(), ts(1_700_000_000_000));
+        assert_eq!(parse_time("start", "2023-11-14T22:13:20Z").unwrap(), ts(1_700_000_000_000));
+        assert!(parse_time("start", "yesterday").is_err());
+        assert!(parse_time("start", "99999999999999999999").is_err());
+        assert_eq!(parse_limit(None).unwrap(), 500);
+        assert!(parse_limit(Some("1001")).is_err());
+        assert!(parse_limit(Some("0")).is_err());
+        assert!(parse_limit(Some("-1")).is_err());
+        assert!("sometimes".parse::<Fill>().is_err());
+        assert_eq!(parse_offset("+05:45").unwrap().minutes(), 345);
+        assert!(parse_offset("15").is_err());
+        assert!(check_order(Some(ts(2)), Some(ts(1))).is_err());
+    }
+
+    #[test]
+    fn spans_cover_at_most_limit_buckets() {
+        let q = query(Interval::M1, Some(90_000), None, 3);
+        assert_eq!(q.span(ts(0)), Some(Span { first: ts(120_000), last: ts(240_000) }));
+        let q = query(Interval::M1, Some(60_000), Some(150_000), 1000);
+        assert_eq!(q.span(ts(0)), Some(Span { first: ts(60_000), last: ts(120_000) }));
+        let q = query(Interval::M1, None, None, 2);
+        assert_eq!(q.span(ts(600_500)), Some(Span { first: ts(540_000), last: ts(600_000) }));
+        let q = query(Interval::M1, Some(61_000), Some(62_000), 5);
+        assert_eq!(q.span(ts(0)), None);
+        // Months step over their varying lengths.
+        let jan_2024 = 1_704_067_200_000;
+        let q = query(Interval::Mo1, None, Some(jan_2024 + 40 * 86_400_000), 2);
+        assert_eq!(q.span(ts(0)), Some(Span { first: ts(jan_2024), last: ts(jan_2024 + 31 * 86_400_000) }));
+    }
+
+    #[test]
+    fn gaps_are_filled_at_the_previous_close() {
+        let trades = [trade(1, 0, "10", "1"), trade(2, 120_500, "12", "2")];
+        let stored = series(Interval::M1, &trades);
+        let span = Span { first: ts(0), last: ts(180_000) };
+        assert_eq!(candles(span, Interval::M1, &stored, None, Fill::None).len(), 2);
+        let filled = candles(span, Interval::M1, &stored, None, Fill::Previous);
+        assert_eq!(filled.iter().map(|c| c.open_time().as_millis()).collect::<Vec<_>>(), [0, 60_000, 120_000, 180_000]);
+        assert_eq!(filled[1].close().to_string(), "10");
+        assert_eq!(filled[1].trade_count(), 0);
+        assert_eq!(filled[3].close().to_string(), "12");
+    }
+
+    #[test]
+    fn shifted_buckets_combine_smaller_candles_exactly() {
+        // 05:45 moves hour boundaries to :15 past (UTC): hours combine 15-minute candles.
+        let offset = parse_offset("05:45").unwrap();
+        let grid = Grid { interval: Interval::H1, offset };
+        assert!(grid.is_shifted());
+        assert_eq!(source_interval(grid), Interval::M15);
+        assert!(!Grid { interval: Interval::H1, offset: parse_offset("8").unwrap() }.is_shifted());
+        let day = Grid { interval: Interval::D1, offset: parse_offset("8").unwrap() };
+        assert_eq!(source_interval(day), Interval::H8);
+        assert_eq!(source_interval(Grid { interval: Interval::Mo1, offset: parse_offset("-1:00").unwrap() }), Interval::H1);
+
+        let trades = [
+            trade(1, 14 * 60_000, "10", "1"),      // 00:14 UTC: the bucket opening 23:15 the day before
+            trade(2, 15 * 60_000, "11", "1"),      // 00:15: the next one
+            trade(3, 74 * 60_000 + 1, "9", "2.5"), // 01:14
+            trade(4, 76 * 60_000, "13", "1"),      // 01:16: third bucket
+        ];
+        let sources = series(Interval::M15, &trades);
+        let q = CandleQuery { offset, ..query(Interval::H1, Some(0), Some(3 * 3_600_000), 3) };
+        let span = q.span(ts(0)).unwrap();
+        assert_eq!(span.first, ts(15 * 60_000));
+        let out = bars(q.grid(), span, &sources, None, Fill::Previous).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].open.to_string(), out[0].high.to_string(), out[0].low.to_string()), ("11".into(), "11".into(), "9".into()));
+        assert_eq!(out[0].close.to_string(), "9");
+        assert_eq!(out[0].volume.to_string(), "3.5");
+        assert_eq!(out[0].trade_count, 2);
+        assert_eq!(out[0].close_time, ts(75 * 60_000 - 1));
+        assert_eq!(out[1].open.to_string(), "13");
+        // The last bucket has no trades: flat at the previous close.
+        assert_eq!((out[2].open.to_string(), out[2].trade_count), ("13".into(), 0));
+    }
+
+    #[test]
+    fn binance_symbols_split_at_the_longest_quote() {
+        let quotes: Vec<String> = ["USDT", "USD", "BTC", "FDUSD"].map(String::from).to_vec();
+        assert_eq!(binance_symbol("BTCUSDT", "BINANCE", &quotes).unwrap().as_str(), "BINANCE:BTC-USDT");
+        assert_eq!(binance_symbol("ETHBTC", "BINANCE", &quotes).unwrap().as_str(), "BINANCE:ETH-BTC");
+        assert_eq!(binance_symbol("BTCFDUSD", "BINANCE", &quotes).unwrap().as_str(), "BINANCE:BTC-FDUSD");
+        assert!(binance_symbol("btcusdt", "BINANCE", &quotes).is_err());
+        assert!(binance_symbol("USDT", "BINANCE", &quotes).is_err());
+        assert_eq!(to_binance_symbol(&Instrument::new("BINANCE:BTC-USDT").unwrap()), "BTCUSDT");
+    }
+}

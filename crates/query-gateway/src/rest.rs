@@ -1,0 +1,712 @@
+//! The HTTP side (warp): `/api/v1/candles`, `/api/v1/instruments`, Binance's `/api/v3/klines`,
+//! `/api/openapi.json`, the WebSocket `/ws`, and the live chart page at `/`.
+//!
+//! Every parameter of every route is declared once in [`ROUTES`]: requests are validated against
+//! it (unknown, repeated and missing parameters are refused with 400) and the OpenAPI document is
+//! generated from it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use warp::http::{Response, StatusCode};
+use warp::ws::{Message, WebSocket};
+use warp::Filter;
+use wick_core::{Candle, Interval, UtcOffset};
+
+use crate::error::ApiError;
+use crate::query::{self, CandleQuery, Fill};
+use crate::Gateway;
+
+/// A query parameter of a route.
+#[derive(Debug)]
+pub struct Param {
+    pub name: &'static str,
+    pub required: bool,
+    /// `string` or `integer`.
+    pub kind: &'static str,
+    pub description: &'static str,
+}
+
+/// A route of the REST API.
+#[derive(Debug)]
+pub struct Route {
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub params: &'static [Param],
+    /// Binance's error shape (`{code, msg}`) instead of `{code, message}`.
+    pub binance: bool,
+}
+
+const fn param(name: &'static str, required: bool, kind: &'static str, description: &'static str) -> Param {
+    Param { name, required, kind, description }
+}
+
+const INTERVALS: &str = "1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M";
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: "/api/v1/candles",
+        summary: "Candles of one instrument and interval whose open time lies in [start, end], oldest first. \
+                  Without start, the most recent `limit` intervals up to end (default now). At most `limit` intervals are covered.",
+        params: &[
+            param("instrument", true, "string", "EXCHANGE:BASE-QUOTE, e.g. BINANCE:BTC-USDT"),
+            param("interval", true, "string", "One of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"),
+            param("start", false, "string", "Open time from (inclusive): epoch milliseconds or RFC 3339"),
+            param("end", false, "string", "Open time to (inclusive): epoch milliseconds or RFC 3339"),
+            param("limit", false, "integer", "1 to 1000, default 500"),
+            param(
+                "fill",
+                false,
+                "string",
+                "none (default): intervals without trades are left out; previous: a flat candle at the previous close",
+            ),
+            param("api_key", false, "string", "API key, when the x-api-key header cannot be sent"),
+        ],
+        binance: false,
+    },
+    Route {
+        path: "/api/v1/instruments",
+        summary: "The instruments with candles.",
+        params: &[param("api_key", false, "string", "API key, when the x-api-key header cannot be sent")],
+        binance: false,
+    },
+    Route {
+        path: "/api/v3/klines",
+        summary: "Binance's klines: the same request and response as Binance's public endpoint, for instruments of the configured \
+                  default exchange (symbol BTCUSDT means BINANCE:BTC-USDT).",
+        params: &[
+            param("symbol", true, "string", "Binance symbol, e.g. BTCUSDT"),
+            param("interval", true, "string", "One of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"),
+            param("startTime", false, "integer", "Epoch milliseconds, UTC"),
+            param("endTime", false, "integer", "Epoch milliseconds, UTC"),
+            param(
+                "timeZone",
+                false,
+                "string",
+                "UTC offset of the interval boundaries: hours or hours:minutes from -12:00 to +14:00, default 0",
+            ),
+            param("limit", false, "integer", "1 to 1000, default 500"),
+            param("api_key", false, "string", "API key, when the x-api-key header cannot be sent"),
+        ],
+        binance: true,
+    },
+];
+
+fn route(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.path == path)
+}
+
+/// Checks a query string against a route's declared parameters.
+fn params(route: &Route, pairs: Vec<(String, String)>) -> Result<HashMap<&'static str, String>, ApiError> {
+    let mut out = HashMap::new();
+    for (name, value) in pairs {
+        let Some(p) = route.params.iter().find(|p| p.name == name) else {
+            let known: Vec<&str> = route.params.iter().map(|p| p.name).collect();
+            return Err(ApiError::invalid("query", format!("unknown parameter '{name}' (expected one of: {})", known.join(", "))));
+        };
+        if out.insert(p.name, value).is_some() {
+            return Err(ApiError::invalid("query", format!("parameter '{name}' given more than once")));
+        }
+    }
+    for p in route.params {
+        if p.required && out.get(p.name).is_none_or(|v| v.is_empty()) {
+            return Err(ApiError::MissingParameter(p.name));
+        }
+    }
+    Ok(out)
+}
+
+/// The OpenAPI 3.0 document of the REST API, from [`ROUTES`].
+pub fn openapi() -> serde_json::Value {
+    let error = |binance: bool| {
+        if binance {
+            serde_json::json!({"type": "object", "properties": {"code": {"type": "integer"}, "msg": {"type": "string"}}, "required": ["code", "msg"]})
+        } else {
+            serde_json::json!({"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]})
+        }
+    };
+    let bodies = |r: &Route| match r.path {
+        "/api/v1/candles" => {
+            serde_json::json!({"type": "object", "properties": {"candles": {"type": "array", "items": {"$ref": "#/components/schemas/Candle"}}}, "required": ["candles"]})
+        }
+        "/api/v1/instruments" => {
+            serde_json::json!({"type": "object", "properties": {"instruments": {"type": "array", "items": {"$ref": "#/components/schemas/Instrument"}}}, "required": ["instruments"]})
+        }
+        _ => {
+            serde_json::json!({"type": "array", "items": {"type": "array", "minItems": 12, "maxItems": 12, "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]}}})
+        }
+    };
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let parameters: Vec<serde_json::Value> = r
+            .params
+            .iter()
+            .map(|p| {
+                let mut schema = serde_json::json!({ "type": p.kind });
+                if p.name == "interval" {
+                    schema["enum"] = INTERVALS.split(' ').collect::<Vec<_>>().into();
+                }
+                if p.name == "limit" {
+                    schema =
+                        serde_json::json!({"type": "integer", "minimum": 1, "maximum": query::MAX_LIMIT, "default": query::DEFAULT_LIMIT});
+                }
+                if p.name == "fill" {
+                    schema["enum"] = serde_json::json!(["none", "previous"]);
+                }
+                serde_json::json!({"name": p.name, "in": "query", "required": p.required, "description": p.description, "schema": schema})
+            })
+            .collect();
+        let err = |d: &str| serde_json::json!({"description": d, "content": {"application/json": {"schema": error(r.binance)}}});
+        paths.insert(
+            r.path.to_owned(),
+            serde_json::json!({"get": {
+                "summary": r.summary,
+                "parameters": parameters,
+                "security": [{}, {"apiKey": []}, {"bearer": []}],
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {"schema": bodies(r)}}},
+                    "400": err("A parameter is missing or invalid"),
+                    "401": err("An API key is required or unknown"),
+                    "429": err("Rate limited: see the Retry-After header"),
+                    "503": err("The database cannot answer and no cache holds the range"),
+                }
+            }}),
+        );
+    }
+    let dec = serde_json::json!({"type": "string", "description": "exact decimal"});
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Wick query-gateway", "version": env!("CARGO_PKG_VERSION"), "description": "OHLCV candles from trade feeds. WebSocket live candles at /ws; gRPC wick.v1.CandleService on the gRPC port."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "bearer": {"type": "http", "scheme": "bearer"}
+            },
+            "schemas": {
+                "Instrument": {"type": "object", "properties": {"instrument": {"type": "string"}, "exchange": {"type": "string"}, "base": {"type": "string"}, "quote": {"type": "string"}}},
+                "Candle": {"type": "object", "properties": {
+                    "instrument": {"type": "string"}, "interval": {"type": "string"},
+                    "open_time": {"type": "integer", "description": "epoch ms, inclusive"},
+                    "close_time": {"type": "integer", "description": "next open time - 1 ms"},
+                    "open": dec, "high": dec, "low": dec, "close": dec, "volume": dec, "quote_volume": dec,
+                    "taker_buy_volume": dec, "taker_buy_quote_volume": dec,
+                    "vwap": {"type": "string", "nullable": true, "description": "quote volume / volume, 16 decimals; null without trades"},
+                    "trade_count": {"type": "integer"},
+                    "first_trade_id": {"type": "integer", "nullable": true}, "last_trade_id": {"type": "integer", "nullable": true},
+                    "closed": {"type": "boolean"}, "version": {"type": "integer"}
+                }}
+            }
+        }
+    })
+}
+
+/// A candle as JSON text (decimals as strings, times as epoch ms). Instrument and interval names
+/// are validated on the way in and never need escaping.
+pub fn candle_json(c: &Candle) -> String {
+    let mut s = String::with_capacity(400);
+    write_candle(&mut s, c);
+    s
+}
+
+fn write_candle(s: &mut String, c: &Candle) {
+    let ids = c.first_trade().zip(c.last_trade()).filter(|_| c.trade_count() > 0);
+    let _ = write!(
+        s,
+        r#"{{"instrument":"{}","interval":"{}","open_time":{},"close_time":{},"open":"{}","high":"{}","low":"{}","close":"{}","volume":"{}","quote_volume":"{}","taker_buy_volume":"{}","taker_buy_quote_volume":"{}","#,
+        c.instrument(),
+        c.interval(),
+        c.open_time().as_millis(),
+        c.close_time().as_millis(),
+        c.open(),
+        c.high(),
+        c.low(),
+        c.close(),
+        c.volume(),
+        c.quote_volume(),
+        c.taker_buy_volume(),
+        c.taker_buy_quote_volume()
+    );
+    match c.vwap() {
+        Some(v) => {
+            let _ = write!(s, r#""vwap":"{v}","#);
+        }
+        None => s.push_str(r#""vwap":null,"#),
+    }
+    match ids {
+        Some((first, last)) => {
+            let _ =
+                write!(s, r#""trade_count":{},"first_trade_id":{},"last_trade_id":{},"#, c.trade_count(), first.trade_id, last.trade_id);
+        }
+        None => {
+            let _ = write!(s, r#""trade_count":{},"first_trade_id":null,"last_trade_id":null,"#, c.trade_count());
+        }
+    }
+    let _ = write!(s, r#""closed":{},"version":{}}}"#, c.is_closed(), c.version());
+}
+
+fn candles_body(candles: &[Candle]) -> String {
+    let mut s = String::with_capacity(16 + candles.len() * 420);
+    s.push_str(r#"{"candles":["#);
+    for (i, c) in candles.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write_candle(&mut s, c);
+    }
+    s.push_str("]}");
+    s
+}
+
+fn klines_body(bars: &[query::Bar]) -> String {
+    let mut s = String::with_capacity(2 + bars.len() * 200);
+    s.push('[');
+    for (i, b) in bars.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let d = |x: wick_core::Decimal| x.to_string_min_scale(8);
+        let _ = write!(
+            s,
+            r#"[{},"{}","{}","{}","{}","{}",{},"{}",{},"{}","{}","0"]"#,
+            b.open_time.as_millis(),
+            d(b.open),
+            d(b.high),
+            d(b.low),
+            d(b.close),
+            d(b.volume),
+            b.close_time.as_millis(),
+            d(b.quote_volume),
+            b.trade_count,
+            d(b.taker_buy_volume),
+            d(b.taker_buy_quote_volume)
+        );
+    }
+    s.push(']');
+    s
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<String> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &ApiError, binance: bool) -> Response<String> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = json_response(status, e.body(binance).to_string());
+    if let Some(after) = e.retry_after() {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Ok(v) = warp::http::HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
+    }
+    r
+}
+
+/// What an API request carries besides its query.
+#[derive(Debug, Default)]
+struct Caller {
+    x_api_key: Option<String>,
+    authorization: Option<String>,
+    address: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Candles for a validated query (shared by REST and gRPC).
+    pub async fn candles(&self, q: &CandleQuery) -> Result<Vec<Candle>, ApiError> {
+        let Some(span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
+        let stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
+        let previous = if q.fill == Fill::Previous && stored.first().is_none_or(|c| c.open_time() > span.first) {
+            self.read.last_before(&q.instrument, q.interval, span.first).await?
+        } else {
+            None
+        };
+        Ok(query::candles(span, q.interval, &stored, previous.as_ref(), q.fill))
+    }
+
+    /// Klines for a validated query, with Binance's gap filling and `timeZone`.
+    pub async fn klines(&self, q: &CandleQuery) -> Result<Vec<query::Bar>, ApiError> {
+        let grid = q.grid();
+        let Some(span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
+        let source = if grid.is_shifted() { query::source_interval(grid) } else { q.interval };
+        let end = grid.next(span.last).saturating_sub_micros(1);
+        if let Some(len) = source.fixed_micros() {
+            let n = (end.as_micros() - span.first.as_micros()) / len + 1;
+            if n > self.config.binance.max_source_candles as i64 {
+                return Err(ApiError::invalid(
+                    "limit",
+                    format!(
+                        "this timeZone combines {n} {source} candles, more than the {} allowed: lower the limit",
+                        self.config.binance.max_source_candles
+                    ),
+                ));
+            }
+        }
+        let stored = self.read.range(&q.instrument, source, span.first, end).await?;
+        let previous = if stored.first().is_none_or(|c| c.open_time() > span.first) {
+            self.read.last_before(&q.instrument, source, span.first).await?
+        } else {
+            None
+        };
+        query::bars(grid, span, &stored, previous.as_ref(), Fill::Previous)
+    }
+
+    async fn rest(&self, path: &str, pairs: Vec<(String, String)>, caller: &Caller) -> Result<String, ApiError> {
+        let route = route(path).ok_or_else(|| ApiError::NotFound(format!("no route {path}: see /api/openapi.json")))?;
+        let p = params(route, pairs)?;
+        let key =
+            crate::limits::request_key(caller.x_api_key.as_deref(), caller.authorization.as_deref(), p.get("api_key").map(String::as_str));
+        self.guard.check(key, caller.address.map(|a| a.ip()))?;
+        match route.path {
+            "/api/v1/candles" => {
+                let q = CandleQuery {
+                    instrument: query::parse_instrument(&p["instrument"])?,
+                    interval: query::parse_interval("interval", &p["interval"])?,
+                    start: p.get("start").map(|s| query::parse_time("start", s)).transpose()?,
+                    end: p.get("end").map(|s| query::parse_time("end", s)).transpose()?,
+                    limit: query::parse_limit(p.get("limit").map(String::as_str))?,
+                    fill: p.get("fill").map_or(Ok(Fill::None), |f| f.parse())?,
+                    offset: UtcOffset::UTC,
+                };
+                query::check_order(q.start, q.end)?;
+                Ok(candles_body(&self.candles(&q).await?))
+            }
+            "/api/v1/instruments" => {
+                let list: Vec<serde_json::Value> = self
+                    .read
+                    .instruments()
+                    .iter()
+                    .map(|i| serde_json::json!({"instrument": i.as_str(), "exchange": i.exchange(), "base": i.base(), "quote": i.quote()}))
+                    .collect();
+                Ok(serde_json::json!({ "instruments": list }).to_string())
+            }
+            _ => {
+                let b = &self.config.binance;
+                let instrument = query::binance_symbol(&p["symbol"], &b.exchange, &b.quote_assets)?;
+                if !self.read.knows(&instrument) {
+                    return Err(ApiError::invalid("symbol", "Invalid symbol."));
+                }
+                let binance_time = |name: &'static str| -> Result<Option<wick_core::Timestamp>, ApiError> {
+                    p.get(name)
+                        .map(|s| match s.parse::<i64>() {
+                            Ok(ms) if ms >= 0 => query::parse_time(name, &ms.to_string()),
+                            _ => Err(ApiError::invalid(
+                                name,
+                                format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
+                            )),
+                        })
+                        .transpose()
+                };
+                let q = CandleQuery {
+                    instrument,
+                    interval: query::parse_interval("interval", &p["interval"])
+                        .map_err(|_| ApiError::invalid("interval", "Invalid interval."))?,
+                    start: binance_time("startTime")?,
+                    end: binance_time("endTime")?,
+                    limit: query::parse_limit(p.get("limit").map(String::as_str))?,
+                    fill: Fill::Previous,
+                    offset: p.get("timeZone").map_or(Ok(UtcOffset::UTC), |s| query::parse_offset(s))?,
+                };
+                query::check_order(q.start, q.end).map_err(|_| ApiError::invalid("startTime", "startTime must not be after endTime."))?;
+                Ok(klines_body(&self.klines(&q).await?))
+            }
+        }
+    }
+}
+
+static INDEX_HTML: &str = include_str!("../web/index.html");
+static CHART_JS: &str = include_str!("../web/vendor/lightweight-charts.standalone.production.js");
+static CHART_LICENSE: &str = include_str!("../web/vendor/LICENSE-lightweight-charts.txt");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<String> {
+    let mut r = Response::new(body.to_owned());
+    r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static(content_type));
+    r
+}
+
+/// Every HTTP route.
+pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    use warp::Reply;
+    let headers = warp::header::optional::<String>("x-api-key")
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::addr::remote())
+        .map(|x_api_key, authorization, address| Caller { x_api_key, authorization, address });
+    let query = warp::query::<Vec<(String, String)>>().or(warp::any().map(Vec::new)).unify();
+
+    let api_gw = gw.clone();
+    let api = warp::get()
+        .and(warp::path("api"))
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(headers)
+        .then(move |full: warp::path::FullPath, raw: String, caller: Caller| {
+            let gw = api_gw.clone();
+            async move {
+                let started = Instant::now();
+                let path = full.as_str().to_owned();
+                let binance = path.starts_with("/api/v3/");
+                let (label, api) = match route(&path) {
+                    Some(r) => (r.path, if binance { "binance" } else { "rest" }),
+                    None if path == "/api/openapi.json" => ("/api/openapi.json", "rest"),
+                    None => ("other", "rest"),
+                };
+                let result = if path == "/api/openapi.json" {
+                    Ok(openapi().to_string())
+                } else {
+                    match serde_urlencoded_pairs(&raw) {
+                        Ok(pairs) => gw.rest(&path, pairs, &caller).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                let response = match result {
+                    Ok(body) => json_response(StatusCode::OK, body),
+                    Err(e) => error_response(&e, binance),
+                };
+                gw.metrics.request(api, label, response.status().as_u16(), started.elapsed().as_secs_f64());
+                response.into_response()
+            }
+        });
+
+    let ws_gw = gw.clone();
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(query)
+        .and(warp::header::optional::<String>("x-api-key"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::addr::remote())
+        .map(
+            move |ws: warp::ws::Ws,
+                  pairs: Vec<(String, String)>,
+                  x_api_key: Option<String>,
+                  authorization: Option<String>,
+                  address: Option<SocketAddr>| {
+                let gw = ws_gw.clone();
+                let query_key = pairs.iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.as_str());
+                let key = crate::limits::request_key(x_api_key.as_deref(), authorization.as_deref(), query_key);
+                let checked = gw.guard.check(key, address.map(|a| a.ip())).and_then(|()| {
+                    if gw.metrics.ws_clients.get() >= gw.config.live.max_connections as i64 {
+                        Err(ApiError::Unavailable(format!("at most {} WebSocket connections", gw.config.live.max_connections)))
+                    } else {
+                        Ok(())
+                    }
+                });
+                gw.metrics.request(
+                    "ws",
+                    "/ws",
+                    if checked.is_ok() { 101 } else { checked.as_ref().err().map_or(400, ApiError::http_status) },
+                    0.0,
+                );
+                match checked {
+                    Err(e) => error_response(&e, false).into_response(),
+                    Ok(()) => ws.max_message_size(64 * 1024).on_upgrade(move |socket| websocket(gw, socket)).into_response(),
+                }
+            },
+        );
+
+    let index = warp::path::end().map(|| asset(INDEX_HTML, "text/html; charset=utf-8").into_response());
+    let chart = warp::path!("static" / "lightweight-charts.js").map(|| asset(CHART_JS, "application/javascript").into_response());
+    let license =
+        warp::path!("static" / "LICENSE-lightweight-charts.txt").map(|| asset(CHART_LICENSE, "text/plain; charset=utf-8").into_response());
+    let pages = warp::get().and(index.or(chart).unify().or(license).unify());
+
+    let not_found_gw = gw.clone();
+    let fallback =
+        warp::any().and(warp::method()).and(warp::path::full()).map(move |method: warp::http::Method, full: warp::path::FullPath| {
+            let (status, e) = if method == warp::http::Method::GET || method == warp::http::Method::HEAD {
+                (404, ApiError::NotFound(format!("no route {}: see /api/openapi.json", full.as_str())))
+            } else {
+                (405, ApiError::invalid("method", format!("method {method} is not allowed: the API is read-only (GET)")))
+            };
+            not_found_gw.metrics.request("rest", "other", status, 0.0);
+            let mut r = error_response(&e, full.as_str().starts_with("/api/v3/"));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+            r.into_response()
+        });
+
+    let all = ws.or(api).unify().or(pages).unify().or(fallback).unify();
+    let origins = &gw.config.http.cors_origins;
+    if origins.is_empty() {
+        return all.boxed();
+    }
+    let mut cors = warp::cors()
+        .allow_methods(vec!["GET", "OPTIONS"])
+        .allow_headers(vec!["x-api-key", "authorization", "content-type"])
+        .expose_headers(vec!["retry-after"])
+        .max_age(600);
+    cors = if origins.iter().any(|o| o == "*") { cors.allow_any_origin() } else { cors.allow_origins(origins.iter().map(String::as_str)) };
+    all.with(cors.build()).map(warp::Reply::into_response).boxed()
+}
+
+/// Splits a query string into decoded pairs.
+fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for part in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((percent_decode(k)?, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid("query", format!("malformed query string near {s:?}"));
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// What a WebSocket client may send.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    op: String,
+    instrument: Option<String>,
+    interval: Option<String>,
+}
+
+fn ws_json(v: serde_json::Value) -> Message {
+    Message::text(v.to_string())
+}
+
+/// One WebSocket connection: subscription messages in, candle events out.
+async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
+    gw.metrics.ws_clients.inc();
+    let (mut tx, mut rx) = socket.split();
+    let mut sub = gw.hub.subscriber();
+    let state = sub.state.clone();
+    let close = loop {
+        tokio::select! {
+            incoming = rx.next() => {
+                let msg = match incoming {
+                    Some(Ok(m)) => m,
+                    _ => break None,
+                };
+                if msg.is_close() {
+                    break None;
+                }
+                if msg.is_ping() || msg.is_pong() {
+                    continue;
+                }
+                let reply = match msg.to_str() {
+                    Ok(text) => handle_client_message(&gw, &mut sub, text),
+                    Err(()) => ws_json(serde_json::json!({"type": "error", "message": "binary messages are not understood: send JSON text"})),
+                };
+                if tx.send(reply).await.is_err() {
+                    break None;
+                }
+            }
+            pushed = sub.rx.recv() => {
+                let Some(event) = pushed else { break None };
+                if tx.send(Message::text(event.json())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = state.dropped() => {
+                break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", sub.buffer()));
+            }
+            _ = gw.shutdown.requested() => break Some("server shutting down".to_owned()),
+        }
+    };
+    if let Some(reason) = close {
+        // Policy violation (1008) for a slow client, going away (1001) at shutdown.
+        let code: u16 = if state.lagged() { 1008 } else { 1001 };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.send(Message::close_with(code, reason))).await;
+    }
+    drop(sub);
+    gw.metrics.ws_clients.dec();
+}
+
+fn handle_client_message(gw: &Gateway, sub: &mut crate::live::Subscriber, text: &str) -> Message {
+    let error = |m: String| ws_json(serde_json::json!({"type": "error", "message": m}));
+    let msg: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(format!(
+                "invalid message ({e}): expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"instrument\":\"BINANCE:BTC-USDT\",\"interval\":\"1m\"}} or {{\"op\":\"ping\"}}"
+            ))
+        }
+    };
+    if msg.op == "ping" {
+        return ws_json(serde_json::json!({"type": "pong"}));
+    }
+    let pair = (|| -> Result<(wick_core::Instrument, Interval), ApiError> {
+        let instrument = query::parse_instrument(msg.instrument.as_deref().ok_or(ApiError::MissingParameter("instrument"))?)?;
+        let interval = query::parse_interval("interval", msg.interval.as_deref().ok_or(ApiError::MissingParameter("interval"))?)?;
+        Ok((instrument, interval))
+    })();
+    let (instrument, interval) = match pair {
+        Ok(p) => p,
+        Err(e) => return error(e.to_string()),
+    };
+    let echo = |kind: &str| ws_json(serde_json::json!({"type": kind, "instrument": instrument.as_str(), "interval": interval.as_str()}));
+    match msg.op.as_str() {
+        "subscribe" => match sub.subscribe((instrument.clone(), interval)) {
+            Ok(_) => echo("subscribed"),
+            Err(e) => error(e.to_string()),
+        },
+        "unsubscribe" => {
+            if sub.unsubscribe(&(instrument.clone(), interval)) {
+                echo("unsubscribed")
+            } else {
+                error(format!("not subscribed to {instrument} {interval}"))
+            }
+        }
+        other => {
+            let _ = gw;
+            error(format!("unknown op {other:?}: expected subscribe, unsubscribe or ping"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_validated_against_the_route() {
+        let r = route("/api/v1/candles").unwrap();
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert!(params(r, pairs(&[("instrument", "BINANCE:BTC-USDT"), ("interval", "1m")])).is_ok());
+        assert_eq!(params(r, pairs(&[("interval", "1m")])), Err(ApiError::MissingParameter("instrument")));
+        assert!(params(r, pairs(&[("instrument", "X"), ("interval", "1m"), ("colour", "red")]))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown parameter 'colour'"));
+        assert!(params(r, pairs(&[("instrument", "X"), ("interval", "1m"), ("interval", "1h")])).is_err());
+        assert_eq!(serde_urlencoded_pairs("a=1&b=%3A+x").unwrap(), pairs(&[("a", "1"), ("b", ": x")]));
+        assert!(serde_urlencoded_pairs("a=%zz").is_err());
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_route_and_parameter() {
+        let doc = openapi();
+        for r in ROUTES {
+            let params = doc["paths"][r.path]["get"]["parameters"].as_array().unwrap();
+            assert_eq!(params.len(), r.params.len());
+        }
+        assert_eq!(
+            doc["paths"]["/api/v3/klines"]["get"]["responses"]["400"]["content"]["application/json"]["schema"]["required"][1],
+            "msg"
+        );
+    }
+}
