@@ -261,7 +261,7 @@ impl ReadPath {
         }
         let (chunk_start, _) = key.bounds_us();
         let sql = format!(
-            "SELECT {COLUMNS} FROM candles WHERE instrument = $1 AND interval = $2 AND open_time < to_timestamp($3::float8 / 1000000) \
+            "SELECT {COLUMNS} FROM candles WHERE instrument = $1 AND interval = $2 AND open_time < (timestamptz 'epoch' + $3::int8 * interval '1 microsecond') \
              ORDER BY open_time DESC LIMIT 1"
         );
         let rows = self.query(&sql, instrument, interval, chunk_start, None).await?;
@@ -331,7 +331,7 @@ impl ReadPath {
         let (from, to) = key.bounds_us();
         let sql = format!(
             "SELECT {COLUMNS} FROM candles WHERE instrument = $1 AND interval = $2 \
-             AND open_time >= to_timestamp($3::float8 / 1000000) AND open_time < to_timestamp($4::float8 / 1000000) ORDER BY open_time"
+             AND open_time >= (timestamptz 'epoch' + $3::int8 * interval '1 microsecond') AND open_time < (timestamptz 'epoch' + $4::int8 * interval '1 microsecond') ORDER BY open_time"
         );
         let candles = self.query(&sql, &key.instrument, key.interval, from, Some(to)).await?;
         self.metrics.db_loads.inc();

@@ -1,0 +1,783 @@
+//! query-gateway against the real stack: trades go through the real ingest-aggregator and
+//! persistence-writer into PostgreSQL and Redis, and the gateway is read with real clients (curl,
+//! a tonic client, Binance's own Python connector, a reflection-only gRPC client, a WebSocket
+//! client, headless Chromium). Every tier's answers are compared with the database's and with a
+//! naive exact reference over the trades.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use query_gateway::config::Config;
+use query_gateway::metrics::Metrics;
+use wick_core::{Candle, Decimal, Instrument, Interval, SystemClock, TakerSide, Timestamp, Trade, UtcOffset};
+use wick_service::duration::Duration as ConfigDuration;
+use wick_service::ops::Readiness;
+use wick_service::shutdown::{self, ShutdownTrigger};
+use wick_wire::CandleEventKind;
+
+const MARKET_PARTITIONS: i32 = 4;
+const CANDLE_PARTITIONS: i32 = 4;
+
+/// Topics, schema and key prefix of one test.
+struct Env {
+    market: String,
+    candles: String,
+    schema: String,
+    prefix: String,
+    db: tokio_postgres::Client,
+}
+
+async fn env() -> Env {
+    let client = wick_test_support::kafka().await;
+    let market = wick_test_support::topic(&client, "gw-market", MARKET_PARTITIONS).await;
+    let candles = wick_test_support::topic(&client, "gw-candles", CANDLE_PARTITIONS).await;
+    let (db, schema) = wick_test_support::postgres_schema().await;
+    Env { market, candles, schema, prefix: wick_test_support::redis_prefix().trim_end_matches(':').to_owned(), db }
+}
+
+fn redis_url() -> String {
+    format!("redis://{}", wick_test_support::redis_address())
+}
+
+fn aggregator_config(env: &Env) -> ingest_aggregator::config::Config {
+    let mut c = ingest_aggregator::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.market_events_topic = env.market.clone();
+    c.kafka.market_events_partitions = MARKET_PARTITIONS;
+    c.kafka.candles_topic = env.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.dead_letter_topic = format!("{}-dlq", env.market);
+    c.consumer.auto_offset_reset = "earliest".into();
+    c.consumer.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.ring.wait_strategy = "blocking".into();
+    c.ring.num_consumers = 2;
+    c.checkpoint.database_url = wick_test_support::postgres_config();
+    c.checkpoint.schema = Some(env.schema.clone());
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+fn writer_config(env: &Env) -> persistence_writer::config::Config {
+    let mut c = persistence_writer::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.candles_topic = env.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.dead_letter_topic = format!("{}-dlq", env.candles);
+    c.kafka.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.database.url = wick_test_support::postgres_config();
+    c.database.schema = Some(env.schema.clone());
+    c.redis.url = redis_url();
+    c.redis.key_prefix = env.prefix.clone();
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+fn gateway_config(env: &Env) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.candles_topic = env.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.database.url = wick_test_support::postgres_config();
+    c.database.schema = Some(env.schema.clone());
+    c.redis.url = redis_url();
+    c.redis.key_prefix = env.prefix.clone();
+    c.live.prune_interval = ConfigDuration::from_millis(200);
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+/// A service running in this process.
+struct Service {
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    async fn stop(self) {
+        self.trigger.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+fn start_aggregator(env: &Env) -> Service {
+    let (trigger, stop) = shutdown::channel();
+    let config = aggregator_config(env);
+    let task = tokio::spawn(async move {
+        let metrics = ingest_aggregator::metrics::Metrics::new();
+        if let Err(e) = ingest_aggregator::run(config, metrics, Readiness::default(), Arc::new(SystemClock), stop).await {
+            panic!("ingest-aggregator failed: {e:#}");
+        }
+    });
+    Service { trigger, task }
+}
+
+fn start_writer(config: persistence_writer::config::Config) -> Service {
+    let (trigger, stop) = shutdown::channel();
+    let task = tokio::spawn(async move {
+        let metrics = persistence_writer::metrics::Metrics::new();
+        if let Err(e) = persistence_writer::run(config, metrics, Readiness::default(), Arc::new(SystemClock), stop).await {
+            panic!("persistence-writer failed: {e:#}");
+        }
+    });
+    Service { trigger, task }
+}
+
+struct Gateway {
+    http: String,
+    grpc: String,
+    metrics: Metrics,
+    service: Service,
+}
+
+async fn start_gateway(config: Config) -> Gateway {
+    let (trigger, stop) = shutdown::channel();
+    let metrics = Metrics::new();
+    let running = query_gateway::start(config, metrics.clone(), Readiness::default(), Arc::new(SystemClock), stop).await.unwrap();
+    let (http, grpc) = (format!("http://{}", running.http_addr), format!("http://{}", running.grpc_addr));
+    let task = tokio::spawn(running.stopped());
+    Gateway { http, grpc, metrics, service: Service { trigger, task } }
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+struct Http {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Http {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `curl -i` with extra arguments.
+async fn curl(url: &str, extra: &[&str]) -> Http {
+    let mut args = vec!["-s", "-S", "-i", "--max-time", "20"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    let out = tokio::task::spawn_blocking(move || Command::new("curl").args(&args).output()).await.unwrap().expect("curl runs");
+    assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+    Http { status, headers, body: body.to_owned() }
+}
+
+async fn get(base: &str, path: &str) -> Http {
+    curl(&format!("{base}{path}"), &[]).await
+}
+
+fn instrument(name: &str) -> Instrument {
+    Instrument::new(name).unwrap()
+}
+
+/// Deterministic trades of three instruments over about four days (2024-03-09 to 03-13, across a
+/// week boundary), each instrument in event-time order, interleaved.
+fn history() -> Vec<Trade> {
+    let names = ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT", "COINBASE:BTC-USD"];
+    let start = Timestamp::parse_rfc3339("2024-03-09T21:00:00Z").unwrap().as_micros();
+    let mut out = Vec::new();
+    let mut clock = [start; 3];
+    let mut seed: u64 = 0x5eed;
+    for n in 0..4500u64 {
+        for (k, name) in names.iter().enumerate() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // Gaps from 1 ms to about 150 s, so some seconds, minutes and hours have no trades.
+            clock[k] += 1_000 + ((seed >> 33) % 150_000_000) as i64;
+            let price = format!("{}.{}", 20_000 + (seed >> 40) % 500, (seed >> 20) % 1000);
+            let qty = format!("0.{:04}", 1 + (seed >> 50) % 9999);
+            let side = if seed % 3 == 0 { TakerSide::Sell } else { TakerSide::Buy };
+            let t = Timestamp::from_micros(clock[k]).unwrap();
+            out.push(Trade::new(instrument(name), n + 1, price.parse().unwrap(), qty.parse().unwrap(), side, t, t).unwrap());
+        }
+    }
+    out
+}
+
+async fn produce_trades(topic: &str, trades: &[Trade]) {
+    let client = wick_test_support::kafka().await;
+    let mut by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut by_instrument: BTreeMap<Instrument, Vec<Trade>> = BTreeMap::new();
+    for t in trades {
+        by_instrument.entry(t.instrument().clone()).or_default().push(t.clone());
+    }
+    for (i, trades) in by_instrument {
+        let p = wick_kafka::partitioner::partition_for(i.as_str().as_bytes(), MARKET_PARTITIONS);
+        for run in trades.chunks(200) {
+            by_partition.entry(p).or_default().push(wick_wire::encode_trade_batch(&i, "X", run));
+        }
+    }
+    for (p, values) in by_partition {
+        let pc = wick_test_support::partition(&client, topic, p).await;
+        for chunk in values.chunks(50) {
+            wick_test_support::produce(&pc, chunk.to_vec()).await;
+        }
+    }
+}
+
+/// The exact candles of `trades` by (instrument, interval, open time), folded trade by trade.
+fn reference(trades: &[Trade]) -> BTreeMap<(Instrument, Interval, i64), Candle> {
+    let mut out: BTreeMap<(Instrument, Interval, i64), Candle> = BTreeMap::new();
+    for t in trades {
+        for interval in Interval::ALL {
+            let key = (t.instrument().clone(), interval, interval.bucket_start(t.event_time()).as_millis());
+            match out.get_mut(&key) {
+                Some(c) => c.apply(t).unwrap(),
+                None => {
+                    out.insert(key, Candle::from_trade(interval, t).unwrap());
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn wait_stored(db: &tokio_postgres::Client, schema: &str, trades: usize, instruments: usize) {
+    let sql = format!("SELECT interval, sum(trade_count)::int8, count(DISTINCT instrument)::int8 FROM {schema}.candles GROUP BY interval");
+    wick_test_support::wait_until("the writer stored every trade in every interval", Duration::from_secs(180), || async {
+        match db.query(&sql, &[]).await {
+            Ok(rows) => {
+                rows.len() == 16 && rows.iter().all(|r| r.get::<_, i64>(1) == trades as i64 && r.get::<_, i64>(2) == instruments as i64)
+            }
+            Err(_) => false,
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// The candles of a `/api/v1/candles` answer.
+fn answer_candles(body: &serde_json::Value) -> &Vec<serde_json::Value> {
+    body["candles"].as_array().unwrap_or_else(|| panic!("no candles in {body}"))
+}
+
+fn same_values(got: &serde_json::Value, want: &Candle) {
+    let d = |k: &str| got[k].as_str().unwrap().parse::<Decimal>().unwrap();
+    assert_eq!(got["open_time"], want.open_time().as_millis());
+    assert_eq!(got["close_time"], want.close_time().as_millis());
+    for (k, v) in [
+        ("open", want.open()),
+        ("high", want.high()),
+        ("low", want.low()),
+        ("close", want.close()),
+        ("volume", want.volume()),
+        ("quote_volume", want.quote_volume()),
+        ("taker_buy_volume", want.taker_buy_volume()),
+        ("taker_buy_quote_volume", want.taker_buy_quote_volume()),
+    ] {
+        assert_eq!(d(k), v, "{k} of {got}");
+        assert_eq!(got[k].as_str().unwrap(), v.to_string(), "{k} digits of {got}");
+    }
+    assert_eq!(got["trade_count"], want.trade_count());
+    assert_eq!(got["first_trade_id"], want.first_trade().unwrap().trade_id);
+    assert_eq!(got["last_trade_id"], want.last_trade().unwrap().trade_id);
+}
+
+/// Naive klines for Binance's `timeZone`: trades bucketed by the shifted grid, folded in order,
+/// empty buckets flat at the previous close.
+fn reference_klines(
+    trades: &[Trade],
+    instrument: &Instrument,
+    interval: Interval,
+    offset: UtcOffset,
+    start_ms: i64,
+    limit: usize,
+) -> Vec<serde_json::Value> {
+    let mine: Vec<&Trade> = trades.iter().filter(|t| t.instrument() == instrument).collect();
+    let start = Timestamp::from_millis(start_ms).unwrap();
+    let mut open = interval.bucket_start_with_offset(start, offset);
+    if open < start {
+        open = interval.next_open_with_offset(open, offset);
+    }
+    let d = |x: Decimal| x.to_string_min_scale(8);
+    let mut out = Vec::new();
+    let mut last_close: Option<Decimal> = mine.iter().filter(|t| t.event_time() < open).last().map(|t| t.price());
+    for _ in 0..limit {
+        let next = interval.next_open_with_offset(open, offset);
+        let inside: Vec<&&Trade> = mine.iter().filter(|t| t.event_time() >= open && t.event_time() < next).collect();
+        let close_ms = next.as_millis() - 1;
+        if inside.is_empty() {
+            if let Some(p) = last_close {
+                out.push(serde_json::json!([
+                    open.as_millis(),
+                    d(p),
+                    d(p),
+                    d(p),
+                    d(p),
+                    "0.00000000",
+                    close_ms,
+                    "0.00000000",
+                    0,
+                    "0.00000000",
+                    "0.00000000",
+                    "0"
+                ]));
+            }
+        } else {
+            let (mut high, mut low) = (inside[0].price(), inside[0].price());
+            let (mut v, mut q, mut bv, mut bq) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+            for t in &inside {
+                high = high.max(t.price());
+                low = low.min(t.price());
+                let quote = t.price().checked_mul(t.quantity()).unwrap();
+                v = v.checked_add(t.quantity()).unwrap();
+                q = q.checked_add(quote).unwrap();
+                if t.side() == TakerSide::Buy {
+                    bv = bv.checked_add(t.quantity()).unwrap();
+                    bq = bq.checked_add(quote).unwrap();
+                }
+            }
+            let close = inside.last().unwrap().price();
+            last_close = Some(close);
+            out.push(serde_json::json!([
+                open.as_millis(),
+                d(inside[0].price()),
+                d(high),
+                d(low),
+                d(close),
+                d(v),
+                close_ms,
+                d(q),
+                inside.len(),
+                d(bv),
+                d(bq),
+                "0"
+            ]));
+        }
+        open = next;
+    }
+    out
+}
+
+/// Every tier answers exactly as the database does, and as the exact reference over the trades.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_tier_answers_like_the_database_and_the_reference() {
+    let env = env().await;
+    let trades = history();
+    let want = reference(&trades);
+    // The L1 gateway starts first and serves while candles are still arriving.
+    let full = start_gateway(gateway_config(&env)).await;
+    let aggregator = start_aggregator(&env);
+    let writer = start_writer(writer_config(&env));
+    produce_trades(&env.market, &trades).await;
+    let btc = "BINANCE:BTC-USDT";
+    let last_ms = trades.iter().map(|t| t.event_time().as_millis()).max().unwrap();
+    for _ in 0..5 {
+        for iv in ["1m", "1h", "1d"] {
+            let r = get(&full.http, &format!("/api/v1/candles?instrument={btc}&interval={iv}&end={last_ms}&limit=1000")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_stored(&env.db, &env.schema, trades.len(), 3).await;
+    // Let the last candle events reach the gateway's reader and the writer's cache follower.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut db_only = gateway_config(&env);
+    db_only.l1.enabled = false;
+    db_only.redis.enabled = false;
+    let db_only = start_gateway(db_only).await;
+    let mut l2_only = gateway_config(&env);
+    l2_only.l1.enabled = false;
+    let l2_only = start_gateway(l2_only).await;
+
+    let first_ms = trades.iter().map(|t| t.event_time().as_millis()).min().unwrap();
+    let mid_ms = (first_ms + last_ms) / 2;
+    let mut queries = Vec::new();
+    for name in ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT", "COINBASE:BTC-USD"] {
+        for interval in Interval::ALL {
+            let iv = interval.as_str();
+            queries.push(format!("/api/v1/candles?instrument={name}&interval={iv}&end={last_ms}&limit=1000"));
+            queries.push(format!("/api/v1/candles?instrument={name}&interval={iv}&start={first_ms}&limit=700&fill=previous"));
+            queries.push(format!("/api/v1/candles?instrument={name}&interval={iv}&start={mid_ms}&end={}&limit=333", mid_ms + 86_400_000));
+        }
+    }
+    let mut checked = 0;
+    for q in &queries {
+        let truth = get(&db_only.http, q).await;
+        assert_eq!(truth.status, 200, "{q}: {}", truth.body);
+        for (tier, gw) in [("L1", &full), ("L1 again", &full), ("L2 filling", &l2_only), ("L2", &l2_only)] {
+            let got = get(&gw.http, q).await;
+            assert_eq!(got.body, truth.body, "{tier} differs from the database for {q}");
+        }
+        // Traded candles equal the reference to the last digit.
+        let body = truth.json();
+        for c in answer_candles(&body) {
+            let interval: Interval = c["interval"].as_str().unwrap().parse().unwrap();
+            let key = (instrument(c["instrument"].as_str().unwrap()), interval, c["open_time"].as_i64().unwrap());
+            match want.get(&key) {
+                Some(reference) => {
+                    same_values(c, reference);
+                    checked += 1;
+                }
+                None => assert_eq!(c["trade_count"], 0, "{q}: a candle without trades in the reference: {c}"),
+            }
+        }
+    }
+    assert!(checked > 20_000, "only {checked} candles compared");
+    assert!(full.metrics.l1_hits.get() > 0 && full.metrics.l1_misses.get() > 0);
+    assert!(l2_only.metrics.l2_hits.get() > 0, "L2 never answered a chunk whole");
+    assert_eq!(db_only.metrics.l1_hits.get() + db_only.metrics.l2_hits.get(), 0);
+
+    // gRPC GetCandles gives the same candles as REST.
+    let mut client = query_gateway::grpc::proto::candle_service_client::CandleServiceClient::connect(full.grpc.clone()).await.unwrap();
+    for iv in ["1s", "15m", "1w", "1M"] {
+        let r = client
+            .get_candles(query_gateway::grpc::proto::GetCandlesRequest {
+                instrument: btc.into(),
+                interval: iv.into(),
+                start_time_ms: Some(first_ms),
+                end_time_ms: None,
+                limit: 1000,
+                fill: query_gateway::grpc::proto::Fill::Previous as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let as_rest: Vec<String> =
+            r.candles.iter().map(|c| query_gateway::rest::candle_json(&wick_wire::candle_from_wire(c).unwrap())).collect();
+        let rest =
+            get(&db_only.http, &format!("/api/v1/candles?instrument={btc}&interval={iv}&start={first_ms}&limit=1000&fill=previous")).await;
+        assert_eq!(format!(r#"{{"candles":[{}]}}"#, as_rest.join(",")), rest.body, "gRPC and REST differ for {iv}");
+    }
+    let listed = client.list_instruments(query_gateway::grpc::proto::ListInstrumentsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.instruments.len(), 3);
+
+    // Binance klines, with time zones that move the boundaries, against the naive reference.
+    let eth = instrument("BINANCE:ETH-USDT");
+    for (iv, tz) in [("1h", "0"), ("1d", "8"), ("1h", "05:45"), ("4h", "-1:30"), ("1w", "+2"), ("1M", "-3"), ("1d", "0"), ("3d", "14")] {
+        let interval: Interval = iv.parse().unwrap();
+        let offset: UtcOffset = tz.parse().unwrap();
+        let start = first_ms - 3 * 86_400_000;
+        let path = format!("/api/v3/klines?symbol=ETHUSDT&interval={iv}&startTime={start}&limit=200&timeZone={}", tz.replace('+', "%2B"));
+        let truth = get(&db_only.http, &path).await;
+        assert_eq!(truth.status, 200, "{path}: {}", truth.body);
+        assert_eq!(get(&full.http, &path).await.body, truth.body, "{path}");
+        let got = truth.json();
+        let expected = reference_klines(&trades, &eth, interval, offset, start, 200);
+        assert!(!expected.is_empty(), "{path}");
+        assert_eq!(got, serde_json::Value::Array(expected), "{path}");
+    }
+
+    for s in [full.service, db_only.service, l2_only.service, aggregator, writer] {
+        s.stop().await;
+    }
+}
+
+/// Binance's own Python connector reads the klines endpoint unchanged, errors included; a
+/// reflection-only gRPC client finds and calls the service; bad requests get clear 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standard_clients_and_bad_requests() {
+    let env = env().await;
+    let trades: Vec<Trade> = history().into_iter().take(3000).collect();
+    let gw = start_gateway(gateway_config(&env)).await;
+    let aggregator = start_aggregator(&env);
+    let writer = start_writer(writer_config(&env));
+    produce_trades(&env.market, &trades).await;
+    wait_stored(&env.db, &env.schema, trades.len(), 3).await;
+    let first_ms = trades.iter().map(|t| t.event_time().as_millis()).min().unwrap();
+
+    let script = |name: &str| format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"));
+    let python = |args: Vec<String>| async move {
+        let shown = args.join(" ");
+        let out = tokio::task::spawn_blocking(move || Command::new("python3").args(&args).output()).await.unwrap().unwrap();
+        assert!(out.status.success(), "{shown}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let binance = python(vec![
+        script("binance_klines.py"),
+        gw.http.clone(),
+        "BTCUSDT".into(),
+        "1h".into(),
+        format!("startTime={first_ms}"),
+        "limit=24".into(),
+        "timeZone=8".into(),
+    ])
+    .await;
+    let ours = get(&gw.http, &format!("/api/v3/klines?symbol=BTCUSDT&interval=1h&startTime={first_ms}&limit=24&timeZone=8")).await.json();
+    assert_eq!(binance["klines"], ours);
+    assert_eq!(ours.as_array().unwrap().len(), 24);
+    let refused = python(vec![script("binance_klines.py"), gw.http.clone(), "NOPEUSDT".into(), "1h".into()]).await;
+    assert_eq!((refused["status"].as_i64(), refused["error_code"].as_i64()), (Some(400), Some(-1121)), "{refused}");
+    let refused = python(vec![script("binance_klines.py"), gw.http.clone(), "BTCUSDT".into(), "7m".into()]).await;
+    assert_eq!(refused["error_code"].as_i64(), Some(-1120), "{refused}");
+
+    let reflected = python(vec![
+        script("reflection_client.py"),
+        gw.grpc.trim_start_matches("http://").to_owned(),
+        "BINANCE:BTC-USDT".into(),
+        "1h".into(),
+        first_ms.to_string(),
+        "10".into(),
+    ])
+    .await;
+    let services: Vec<&str> = reflected["services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    for s in ["wick.v1.CandleService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+        assert!(services.contains(&s), "{s} not in {services:?}");
+    }
+    // The current reflection protocol (v1) answers too.
+    {
+        use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest};
+        use tonic_reflection::pb::v1::{server_reflection_response::MessageResponse, ServerReflectionRequest};
+        let channel = tonic::transport::Endpoint::from_shared(gw.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let mut answers = client.server_reflection_info(futures_util::stream::iter(vec![request])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response else {
+            panic!("no service list over reflection v1");
+        };
+        assert!(list.service.iter().any(|s| s.name == "wick.v1.CandleService"), "{list:?}");
+    }
+    assert_eq!(reflected["health"], "SERVING");
+    let rest = get(&gw.http, &format!("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1h&start={first_ms}&limit=10")).await.json();
+    let rest = answer_candles(&rest);
+    let via_reflection = reflected["candles"].as_array().unwrap();
+    assert_eq!(via_reflection.len(), rest.len());
+    for (g, r) in via_reflection.iter().zip(rest) {
+        assert_eq!(g["open_time_us"].as_str().unwrap().parse::<i64>().unwrap() / 1000, r["open_time"].as_i64().unwrap());
+        assert_eq!(g["trade_count"].as_str().unwrap(), r["trade_count"].to_string());
+    }
+
+    // Bad requests: the status, and a message that says what was wrong.
+    let cases: &[(&str, u16, &str)] = &[
+        ("/api/v1/candles?interval=1m", 400, "missing required parameter 'instrument'"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=2m", 400, "unknown interval \"2m\""),
+        ("/api/v1/candles?instrument=btc&interval=1m", 400, "invalid instrument"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&limit=1001", 400, "limit must be an integer from 1 to 1000"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&start=2&end=1", 400, "start must not be after end"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&start=soon", 400, "expected epoch milliseconds or RFC 3339"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&fill=zero", 400, "expected none or previous"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&colour=red", 400, "unknown parameter 'colour'"),
+        ("/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1m&interval=1h", 400, "more than once"),
+        ("/api/v2/candles", 404, "no route /api/v2/candles"),
+        ("/nowhere", 404, "no route /nowhere"),
+    ];
+    for (path, status, message) in cases {
+        let r = get(&gw.http, path).await;
+        assert_eq!(r.status, *status, "{path}: {}", r.body);
+        let body = r.json();
+        assert!(body["message"].as_str().unwrap().contains(message), "{path}: {body}");
+        assert!(body["code"].is_string(), "{path}: {body}");
+    }
+    let binance_cases: &[(&str, i64)] = &[
+        ("/api/v3/klines?symbol=BTCUSDT", -1102),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=5000", -1100),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&timeZone=15", -1100),
+        ("/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=abc", -1100),
+        ("/api/v3/klines?symbol=XYZ&interval=1m", -1121),
+    ];
+    for (path, code) in binance_cases {
+        let r = get(&gw.http, path).await;
+        assert_eq!(r.status, 400, "{path}");
+        let body = r.json();
+        assert_eq!(body["code"], *code, "{path}: {body}");
+        assert!(body["msg"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {body}");
+    }
+    let post = curl(&format!("{}/api/v1/candles", gw.http), &["-X", "POST"]).await;
+    assert_eq!(post.status, 405, "{}", post.body);
+    let openapi = get(&gw.http, "/api/openapi.json").await.json();
+    assert_eq!(openapi["openapi"], "3.0.3");
+    assert!(openapi["paths"]["/api/v3/klines"]["get"]["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "timeZone"));
+
+    for s in [gw.service, aggregator, writer] {
+        s.stop().await;
+    }
+}
+
+/// API keys (header, bearer, query) on REST, WebSocket and gRPC; rate limits with Retry-After;
+/// CORS for a configured origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rate_limits_and_cors() {
+    let env = env().await;
+    let mut config = gateway_config(&env);
+    config.auth.api_keys = vec!["wick-test-key-1".into()];
+    config.limits.per_key_rate = 1;
+    config.limits.per_key_burst = 3;
+    config.http.cors_origins = vec!["https://charts.example.com".into()];
+    let gw = start_gateway(config).await;
+    let path = format!("{}/api/v1/instruments", gw.http);
+
+    let r = curl(&path, &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["message"].as_str().unwrap().contains("API key is required"));
+    assert_eq!(curl(&path, &["-H", "x-api-key: wrong-key-123"]).await.status, 401);
+    assert_eq!(curl(&path, &["-H", "x-api-key: wick-test-key-1"]).await.status, 200);
+    assert_eq!(curl(&path, &["-H", "authorization: Bearer wick-test-key-1"]).await.status, 200);
+    assert_eq!(curl(&format!("{path}?api_key=wick-test-key-1"), &[]).await.status, 200);
+    let limited = curl(&path, &["-H", "x-api-key: wick-test-key-1"]).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(limited.json()["code"], "rate_limited");
+    assert_eq!(gw.metrics.rate_limited.with_label_values(&["key"]).get(), 1);
+
+    let allowed = curl(&path, &["-H", "origin: https://charts.example.com", "-H", "x-api-key: wick-test-key-1"]).await;
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://charts.example.com"), "{allowed:?}");
+    let preflight = curl(
+        &path,
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "origin: https://charts.example.com",
+            "-H",
+            "access-control-request-method: GET",
+            "-H",
+            "access-control-request-headers: x-api-key",
+        ],
+    )
+    .await;
+    assert_eq!(preflight.status, 200, "{preflight:?}");
+    let foreign = curl(&path, &["-H", "origin: https://evil.example.com", "-H", "x-api-key: wick-test-key-1"]).await;
+    assert!(foreign.header("access-control-allow-origin").is_none(), "{foreign:?}");
+
+    let ws_url = gw.http.replace("http://", "ws://") + "/ws";
+    assert!(tokio_tungstenite::connect_async(&ws_url).await.is_err(), "a WebSocket without a key was accepted");
+    let mut grpc = query_gateway::grpc::proto::candle_service_client::CandleServiceClient::connect(gw.grpc.clone()).await.unwrap();
+    let status = grpc.list_instruments(query_gateway::grpc::proto::ListInstrumentsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    gw.service.stop().await;
+}
+
+/// Candle events as the aggregator publishes them, straight onto the gateway's topic.
+async fn publish_candles(topic: &str, events: &[(CandleEventKind, Candle)]) {
+    let client = wick_test_support::kafka().await;
+    let instrument = events[0].1.instrument().clone();
+    let p = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), CANDLE_PARTITIONS);
+    let pc = wick_test_support::partition(&client, topic, p).await;
+    let values: Vec<Vec<u8>> = events.chunks(2000).map(|chunk| wick_wire::encode_candle_batch(&instrument, chunk)).collect();
+    for batch in values.chunks(20) {
+        wick_test_support::produce(&pc, batch.to_vec()).await;
+    }
+}
+
+fn one_trade_candle(name: &str, interval: Interval, second: i64, id: u64, closed: bool) -> Candle {
+    let t = Timestamp::from_millis(1_700_000_000_000 + second * 1000).unwrap();
+    let trade = Trade::new(instrument(name), id, "42.5".parse().unwrap(), "2".parse().unwrap(), TakerSide::Buy, t, t).unwrap();
+    let mut c = Candle::from_trade(interval, &trade).unwrap();
+    if closed {
+        c.mark_closed();
+    }
+    c
+}
+
+/// The next text message of a WebSocket, as JSON.
+async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message within 20 s").unwrap().unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// WebSocket and gRPC streams push the events of subscribed pairs only, each marked closed or
+/// not; a client that stops reading is disconnected with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_pushes_and_slow_clients() {
+    let env = env().await;
+    let mut config = gateway_config(&env);
+    config.live.client_buffer = 8;
+    config.live.max_subscriptions = 3;
+    let gw = start_gateway(config).await;
+    let ws_url = gw.http.replace("http://", "ws://") + "/ws";
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let send = |v: serde_json::Value| WsMessage::Text(v.to_string().into());
+    ws.send(send(serde_json::json!({"op": "subscribe", "instrument": "SIM:AAA-USD", "interval": "1s"}))).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    ws.send(send(serde_json::json!({"op": "subscribe", "instrument": "SIM:AAA-USD", "interval": "7s"}))).await.unwrap();
+    assert!(next_json(&mut ws).await["message"].as_str().unwrap().contains("unknown interval"));
+    ws.send(WsMessage::Text("{not json".into())).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "error");
+    for i in ["1m", "1h"] {
+        ws.send(send(serde_json::json!({"op": "subscribe", "instrument": "SIM:AAA-USD", "interval": i}))).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    }
+    ws.send(send(serde_json::json!({"op": "subscribe", "instrument": "SIM:BBB-USD", "interval": "1m"}))).await.unwrap();
+    assert!(next_json(&mut ws).await["message"].as_str().unwrap().contains("at most 3 subscriptions"));
+    ws.send(send(serde_json::json!({"op": "unsubscribe", "instrument": "SIM:AAA-USD", "interval": "1h"}))).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "unsubscribed");
+
+    let mut grpc = query_gateway::grpc::proto::candle_service_client::CandleServiceClient::connect(gw.grpc.clone()).await.unwrap();
+    let mut stream = grpc
+        .stream_candles(query_gateway::grpc::proto::StreamCandlesRequest {
+            subscriptions: vec![query_gateway::grpc::proto::CandleSubscription { instrument: "SIM:AAA-USD".into(), interval: "1m".into() }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let events = vec![
+        (CandleEventKind::Update, one_trade_candle("SIM:AAA-USD", Interval::S1, 0, 1, false)),
+        (CandleEventKind::Update, one_trade_candle("SIM:AAA-USD", Interval::H1, 0, 1, false)),
+        (CandleEventKind::Final, one_trade_candle("SIM:AAA-USD", Interval::S1, 0, 1, true)),
+        (CandleEventKind::Update, one_trade_candle("SIM:AAA-USD", Interval::M1, 0, 1, false)),
+    ];
+    publish_candles(&env.candles, &events).await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(
+        (first["kind"].as_str(), first["candle"]["interval"].as_str(), first["candle"]["closed"].as_bool()),
+        (Some("update"), Some("1s"), Some(false))
+    );
+    let second = next_json(&mut ws).await;
+    assert_eq!(
+        (second["kind"].as_str(), second["candle"]["closed"].as_bool(), second["candle"]["version"].as_u64()),
+        (Some("final"), Some(true), Some(2))
+    );
+    let third = next_json(&mut ws).await;
+    assert_eq!(third["candle"]["interval"], "1m", "the unsubscribed 1h update must not arrive: {third}");
+    let pushed = tokio::time::timeout(Duration::from_secs(20), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pushed.candle.as_ref().unwrap().interval, "1m");
+    assert_eq!(pushed.kind, wick_wire::pb::CandleEventKind::Update as i32);
+
+    // A client that stops reading: far more events than its queue and the socket buffers hold.
+    let (mut slow, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    slow.send(send(serde_json::json!({"op": "subscribe", "instrument": "SIM:CCC-USD", "interval": "1s"}))).await.unwrap();
+    assert_eq!(next_json(&mut slow).await["type"], "subscribed");
+    let flood: Vec<(CandleEventKind, Candle)> =
+        (0..60_000).map(|s| (CandleEventKind::Final, one_trade_candle("SIM:CCC-USD", Interval::S1, s, s as u64 + 1, true))).collect();
+    publish_candles(&env.candles, &flood).await;
+    wick_test_support::wait_until("the slow client is dropped", Duration::from_secs(60), || async {
+        gw.metrics.clients_dropped.with_label_values(&["slow_consumer"]).get() == 1
+    })
+    .await
+    .unwrap();
+    // Reading now drains what was in flight, then the close frame with its reason.
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(m) = slow.next().await {
+            match m {
+                Ok(WsMessage::Close(frame)) => return frame,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("too slow"), "{}", close.reason);
+    // The fast client is still served.
+    ws.send(send(serde_json::json!({"op": "ping"}))).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    gw.service.stop().await;
+}
