@@ -781,3 +781,235 @@ async fn live_pushes_and_slow_clients() {
     assert_eq!(next_json(&mut ws).await["type"], "pong");
     gw.service.stop().await;
 }
+
+/// Final candles of every interval for `trades`, published as the aggregator would; returns them.
+async fn publish_history(topic: &str, trades: &[Trade]) -> Vec<Candle> {
+    let mut by_instrument: BTreeMap<Instrument, Vec<(CandleEventKind, Candle)>> = BTreeMap::new();
+    let mut all = Vec::new();
+    for (_, mut c) in reference(trades) {
+        c.mark_closed();
+        all.push(c.clone());
+        by_instrument.entry(c.instrument().clone()).or_default().push((CandleEventKind::Final, c));
+    }
+    for events in by_instrument.values() {
+        publish_candles(topic, events).await;
+    }
+    all
+}
+
+async fn wait_written(db: &tokio_postgres::Client, schema: &str, candles: usize) {
+    let sql = format!("SELECT count(*)::int8 FROM {schema}.candles");
+    wick_test_support::wait_until(&format!("the writer stored {candles} candles"), Duration::from_secs(120), || async {
+        db.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0) == candles as i64).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+}
+
+/// The queries the resilience drills repeat: every interval of two instruments.
+fn drill_queries(trades: &[Trade]) -> Vec<String> {
+    let first_ms = trades.iter().map(|t| t.event_time().as_millis()).min().unwrap();
+    let mut out = Vec::new();
+    for name in ["BINANCE:BTC-USDT", "COINBASE:BTC-USD"] {
+        for interval in Interval::ALL {
+            out.push(format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&limit=1000"));
+        }
+    }
+    out
+}
+
+/// Redis down: a single node that is not there, then one node of a cluster killed under reads.
+/// The breaker opens (the metric shows it), answers come from L1 and the database and stay equal
+/// to the database's; once the node is back the breaker closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outages_open_the_breaker_and_answers_stay_right() {
+    let env = env().await;
+    let trades: Vec<Trade> = history().into_iter().take(1500).collect();
+    let writer = start_writer(writer_config(&env));
+    let candles = publish_history(&env.candles, &trades).await;
+    wait_written(&env.db, &env.schema, candles.len()).await;
+    writer.stop().await;
+    let queries = drill_queries(&trades);
+    let mut truth_config = gateway_config(&env);
+    truth_config.l1.enabled = false;
+    truth_config.redis.enabled = false;
+    let truth_gw = start_gateway(truth_config).await;
+    let mut truth = Vec::new();
+    for q in &queries {
+        let r = get(&truth_gw.http, q).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        truth.push(r.body);
+    }
+
+    // A single Redis that is not there.
+    let mut single = gateway_config(&env);
+    single.redis.url = format!("redis://127.0.0.1:{}", wick_test_support::free_port().unwrap());
+    single.redis.command_timeout = ConfigDuration::from_millis(200);
+    let gw = start_gateway(single).await;
+    for (q, want) in queries.iter().zip(&truth) {
+        let r = get(&gw.http, q).await;
+        assert_eq!((r.status, &r.body), (200, want), "{q} without Redis");
+    }
+    assert_eq!(gw.metrics.l2_breaker_open.get(), 1, "the breaker should be open");
+    assert!(gw.metrics.l2_errors.get() >= 1);
+    gw.service.stop().await;
+
+    // One node of a cluster killed while an L2-only gateway reads (no L1: every read goes to Redis).
+    let mut cluster = wick_test_support::RedisClusterProcess::start().unwrap();
+    let mut config = gateway_config(&env);
+    config.redis.url = cluster.url();
+    config.redis.command_timeout = ConfigDuration::from_millis(300);
+    config.l1.enabled = false;
+    let gw = start_gateway(config).await;
+    for _ in 0..2 {
+        for (q, want) in queries.iter().zip(&truth) {
+            assert_eq!(&get(&gw.http, q).await.body, want, "{q} with the cluster up");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(gw.metrics.l2_hits.get() > 0, "the cluster never answered");
+    cluster.kill_node(0);
+    for (q, want) in queries.iter().zip(&truth) {
+        let r = get(&gw.http, q).await;
+        assert_eq!((r.status, &r.body), (200, want), "{q} with a cluster node down");
+    }
+    assert!(gw.metrics.l2_errors.get() >= 1, "no Redis error seen with a node down");
+    cluster.restart_node(0).unwrap();
+    wick_test_support::wait_until("the breaker closes once the node is back", Duration::from_secs(60), || async {
+        for (q, want) in queries.iter().zip(&truth) {
+            assert_eq!(&get(&gw.http, q).await.body, want, "{q} after the node came back");
+        }
+        gw.metrics.l2_breaker_open.get() == 0
+    })
+    .await
+    .unwrap();
+    for s in [gw.service, truth_gw.service] {
+        s.stop().await;
+    }
+}
+
+/// PostgreSQL stopped: what the caches hold is served unchanged, anything else is a 503 that says
+/// why; once it is back, everything is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outage_serves_the_cache_else_503() {
+    let env = env().await;
+    let pg = wick_test_support::PostgresProcess::start().unwrap();
+    let trades: Vec<Trade> = history().into_iter().take(900).collect();
+    let mut writer = writer_config(&env);
+    writer.database.url = pg.url("wick");
+    writer.database.schema = None;
+    writer.redis.enabled = false;
+    let writer = start_writer(writer);
+    let candles = publish_history(&env.candles, &trades).await;
+    let (db, connection) = tokio_postgres::connect(&pg.url("wick"), tokio_postgres::NoTls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    wait_written(&db, "public", candles.len()).await;
+    drop(db);
+    connection.abort();
+    writer.stop().await;
+
+    let mut config = gateway_config(&env);
+    config.database.url = pg.url("wick");
+    config.database.schema = None;
+    config.database.query_timeout = ConfigDuration::from_secs(2);
+    config.redis.enabled = false;
+    let gw = start_gateway(config).await;
+    let queries = drill_queries(&trades);
+    let (cached, uncached) = queries.split_at(queries.len() / 2);
+    let mut before = Vec::new();
+    for q in cached {
+        let r = get(&gw.http, q).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        before.push(r.body);
+    }
+    pg.stop().unwrap();
+    for (q, want) in cached.iter().zip(&before) {
+        let r = get(&gw.http, q).await;
+        assert_eq!((r.status, &r.body), (200, want), "{q} from L1 with the database down");
+    }
+    let r = get(&gw.http, &uncached[0]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.json()["message"].as_str().unwrap().contains("the database cannot answer"), "{}", r.body);
+    assert!(gw.metrics.db_errors.get() >= 1);
+    pg.start_again().unwrap();
+    wick_test_support::wait_until("the database answers again", Duration::from_secs(60), || async {
+        get(&gw.http, &uncached[0]).await.status == 200
+    })
+    .await
+    .unwrap();
+    for q in uncached {
+        assert_eq!(get(&gw.http, q).await.status, 200, "{q}");
+    }
+    gw.service.stop().await;
+}
+
+/// Pixels of the candle colours (#26a69a up, #ef5350 down) drawn on the page's canvases.
+const CANDLE_PIXELS_JS: &str = r#"(() => {
+  let n = 0;
+  for (const c of document.querySelectorAll('canvas')) {
+    if (!c.width || !c.height) continue;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4) {
+      const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+      if ((Math.abs(r - 0x26) < 8 && Math.abs(g - 0xa6) < 8 && Math.abs(b - 0x9a) < 8) ||
+          (Math.abs(r - 0xef) < 8 && Math.abs(g - 0x53) < 8 && Math.abs(b - 0x50) < 8)) n++;
+    }
+  }
+  return n;
+})()"#;
+
+/// The live chart in headless Chromium: the page loads history over REST and draws candles, and a
+/// trade published to the pipeline (feed topic -> aggregator -> candles topic -> gateway ->
+/// WebSocket) moves the last candle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_chart_draws_candles_and_follows_new_trades() {
+    let env = env().await;
+    let btc = instrument("BINANCE:BTC-USDT");
+    let now_ms = wick_core::Clock::now(&SystemClock).as_millis();
+    // Twenty minutes of history up to a minute ago, one trade every 20 s.
+    let start = now_ms - 21 * 60_000;
+    let trades: Vec<Trade> = (0..60)
+        .map(|n| {
+            let t = Timestamp::from_millis(start + n * 20_000).unwrap();
+            let price = format!("{}.5", 30_000 + (n * 37) % 200);
+            Trade::new(btc.clone(), n as u64 + 1, price.parse().unwrap(), "0.5".parse().unwrap(), TakerSide::Buy, t, t).unwrap()
+        })
+        .collect();
+    let gw = start_gateway(gateway_config(&env)).await;
+    let aggregator = start_aggregator(&env);
+    let writer = start_writer(writer_config(&env));
+    produce_trades(&env.market, &trades).await;
+    let sql = format!("SELECT coalesce(sum(trade_count), 0)::int8 FROM {}.candles WHERE interval = '1m'", env.schema);
+    wick_test_support::wait_until("the history is stored", Duration::from_secs(60), || async {
+        env.db.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0) == trades.len() as i64).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+
+    let browser = tokio::task::spawn_blocking(wick_test_support::browser::Browser::launch).await.unwrap().unwrap();
+    let page = browser.open(&format!("{}/?instrument=BINANCE:BTC-USDT&interval=1m", gw.http)).await.unwrap();
+    let drawn = page.wait_for("window.wickState && wickState.ready && wickState.candles", Duration::from_secs(30)).await.unwrap();
+    assert!(drawn.as_u64().unwrap() >= 20, "{drawn} candles drawn");
+    let pixels = page.wait_for(CANDLE_PIXELS_JS, Duration::from_secs(10)).await.unwrap();
+    assert!(pixels.as_u64().unwrap() > 200, "only {pixels} candle pixels");
+    let before = page.eval("JSON.stringify(wickState.last)").await.unwrap();
+
+    // A trade now, above every price so far: the last candle's high and close move to it.
+    let t = wick_core::Clock::now(&SystemClock);
+    let trade = Trade::new(btc.clone(), 1_000, "31234.75".parse().unwrap(), "1.25".parse().unwrap(), TakerSide::Sell, t, t).unwrap();
+    produce_trades(&env.market, &[trade]).await;
+    let moved = page
+        .wait_for(
+            "wickState.last && wickState.last.close === '31234.75' && wickState.last.high === '31234.75' && wickState.updates > 0",
+            Duration::from_secs(30),
+        )
+        .await;
+    let after = page.eval("JSON.stringify(wickState.last)").await.unwrap();
+    assert!(moved.is_ok(), "the last candle did not follow the trade: before {before}, after {after}");
+    let shot = page.screenshot_png().await.unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    drop(browser);
+    for s in [gw.service, aggregator, writer] {
+        s.stop().await;
+    }
+}
