@@ -48,7 +48,7 @@ fn write_csv() -> Result<()> {
     Ok(())
 }
 
-fn create_topic(name: &str, partitions: i32) -> Result<()> {
+pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let brokers = vec!["127.0.0.1:9092".to_owned()];

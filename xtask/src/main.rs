@@ -1,9 +1,11 @@
-//! Repository chores, run as `cargo xtask <command>`: `ci` (what `.ci/run` runs) and `bench`
-//! (writes `docs/BENCHMARKS.md`).
+//! Repository chores, run as `cargo xtask <command>`: `demo` (the main job), `ci` (what `.ci/run`
+//! runs), `stack`, `migrate` and `bench` (writes `docs/BENCHMARKS.md`).
 
 mod bench;
 mod bench_feed;
+mod bench_gateway;
 mod ci;
+mod demo;
 mod stack;
 mod util;
 
@@ -13,10 +15,11 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
+  demo    [INSTRUMENTS [RATE]]: the whole pipeline on the local stack with the live chart (Ctrl-C stops it)
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
-  bench   [--report | aggregate ring broker feed]: run the benchmarks, write docs/BENCHMARKS.md
+  bench   [--report | aggregate ring broker feed store ingest gateway]: run the benchmarks, write docs/BENCHMARKS.md
 ";
 
 fn main() -> Result<()> {
@@ -26,6 +29,7 @@ fn main() -> Result<()> {
         Some("stack") => stack::run_stack(&args[1..]),
         Some("migrate") => stack::migrate(),
         Some("bench") => bench::run_bench(&args[1..]),
+        Some("demo") => demo::run_demo(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod json;
 pub mod limits;
 pub mod live;
 pub mod metrics;

@@ -50,9 +50,8 @@ impl Pushed {
 
     /// `{"type":"candle","kind":...,"candle":{...}}`.
     pub fn json(&self) -> &str {
-        self.json.get_or_init(|| {
-            format!(r#"{{"type":"candle","kind":"{}","candle":{}}}"#, self.kind_name(), crate::rest::candle_json(&self.candle))
-        })
+        self.json
+            .get_or_init(|| format!(r#"{{"type":"candle","kind":"{}","candle":{}}}"#, self.kind_name(), crate::json::candle(&self.candle)))
     }
 }
 

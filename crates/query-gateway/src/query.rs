@@ -478,6 +478,67 @@ mod tests {
         assert_eq!((out[2].open.to_string(), out[2].trade_count), ("13".into(), 0));
     }
 
+    proptest::proptest! {
+        /// Buckets cut at any offset, combined from the stored candles of [`source_interval`],
+        /// equal a naive fold of the trades into the shifted buckets, to the last digit.
+        #[test]
+        fn shifted_bars_equal_a_naive_fold(
+            gaps in proptest::collection::vec(1i64..40_000_000_000, 1..40),
+            prices in proptest::collection::vec((1u32..100_000, 0u32..4), 40),
+            quarter_hours in -48i32..=56,
+            which in 0usize..7,
+        ) {
+            let interval = [Interval::H1, Interval::H2, Interval::H4, Interval::D1, Interval::D3, Interval::W1, Interval::Mo1][which];
+            let offset = UtcOffset::from_minutes(quarter_hours * 15).unwrap();
+            let grid = Grid { interval, offset };
+            let mut t = 1_704_067_200_000_000i64; // 2024-01-01
+            let trades: Vec<Trade> = gaps.iter().zip(&prices).enumerate().map(|(i, (gap, (p, scale)))| {
+                t += gap;
+                let price = Decimal::new(i128::from(*p), *scale as u8).unwrap().to_string();
+                trade(i as u64 + 1, t / 1000, &price, "0.5")
+            }).collect();
+            let source = source_interval(grid);
+            let sources = series(source, &trades);
+            let first = grid.start(trades[0].event_time());
+            let mut last = first;
+            for _ in 0..200 {
+                if grid.next(last) > trades.last().unwrap().event_time() { break; }
+                last = grid.next(last);
+            }
+            let got = bars(grid, Span { first, last }, &sources, None, Fill::Previous).unwrap();
+            let mut want = Vec::new();
+            let mut open = first;
+            let mut previous: Option<Decimal> = None;
+            while open <= last {
+                let next = grid.next(open);
+                let inside: Vec<&Trade> = trades.iter().filter(|t| t.event_time() >= open && t.event_time() < next).collect();
+                match inside.first() {
+                    None => {
+                        if let Some(p) = previous { want.push(Bar::flat(open, next, p)); }
+                    }
+                    Some(first_trade) => {
+                        let mut b = Bar::flat(open, next, first_trade.price());
+                        for t in &inside {
+                            b.high = b.high.max(t.price());
+                            b.low = b.low.min(t.price());
+                            b.close = t.price();
+                            let quote = t.price().checked_mul(t.quantity()).unwrap();
+                            b.volume = b.volume.checked_add(t.quantity()).unwrap();
+                            b.quote_volume = b.quote_volume.checked_add(quote).unwrap();
+                            b.taker_buy_volume = b.taker_buy_volume.checked_add(t.quantity()).unwrap();
+                            b.taker_buy_quote_volume = b.taker_buy_quote_volume.checked_add(quote).unwrap();
+                            b.trade_count += 1;
+                        }
+                        previous = Some(b.close);
+                        want.push(b);
+                    }
+                }
+                open = next;
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn binance_symbols_split_at_the_longest_quote() {
         let quotes: Vec<String> = ["USDT", "USD", "BTC", "FDUSD"].map(String::from).to_vec();

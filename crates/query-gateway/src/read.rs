@@ -46,11 +46,12 @@ impl ChunkKey {
     }
 }
 
-/// A whole chunk: every candle of the series in its span, by open time (µs).
+/// A whole chunk: every candle of the series in its span, by open time (µs), each beside its JSON
+/// (rendered once when it enters the chunk: a REST answer from L1 is then a concatenation).
 #[derive(Debug)]
 pub struct Chunk {
     loaded_at: Instant,
-    candles: RwLock<BTreeMap<i64, Candle>>,
+    candles: RwLock<BTreeMap<i64, (Candle, Box<str>)>>,
 }
 
 impl Chunk {
@@ -70,13 +71,27 @@ impl Chunk {
     /// The candles opening in `[from, to]`, appended to `out`.
     fn copy_range(&self, from: Timestamp, to: Timestamp, out: &mut Vec<Candle>) {
         let map = self.candles.read().unwrap_or_else(|e| e.into_inner());
-        out.extend(map.range(from.as_micros()..=to.as_micros()).map(|(_, c)| c.clone()));
+        out.extend(map.range(from.as_micros()..=to.as_micros()).map(|(_, (c, _))| c.clone()));
+    }
+
+    /// The JSON of the candles opening in `[from, to]`, comma-separated, appended to `out`;
+    /// returns how many.
+    fn json_range(&self, from: Timestamp, to: Timestamp, out: &mut String, mut written: usize) -> usize {
+        let map = self.candles.read().unwrap_or_else(|e| e.into_inner());
+        for (_, (_, json)) in map.range(from.as_micros()..=to.as_micros()) {
+            if written > 0 {
+                out.push(',');
+            }
+            out.push_str(json);
+            written += 1;
+        }
+        written
     }
 
     /// The last candle opening before `before`.
     fn last_before(&self, before: Timestamp) -> Option<Candle> {
         let map = self.candles.read().unwrap_or_else(|e| e.into_inner());
-        map.range(..before.as_micros()).next_back().map(|(_, c)| c.clone())
+        map.range(..before.as_micros()).next_back().map(|(_, (c, _))| c.clone())
     }
 
     fn len(&self) -> usize {
@@ -84,12 +99,13 @@ impl Chunk {
     }
 }
 
-fn keep_newer(map: &mut BTreeMap<i64, Candle>, candle: Candle) {
+fn keep_newer(map: &mut BTreeMap<i64, (Candle, Box<str>)>, candle: Candle) {
     let key = candle.open_time().as_micros();
     match map.get(&key) {
-        Some(held) if held.version() >= candle.version() => {}
+        Some((held, _)) if held.version() >= candle.version() => {}
         _ => {
-            map.insert(key, candle);
+            let json = crate::json::candle(&candle).into_boxed_str();
+            map.insert(key, (candle, json));
         }
     }
 }
@@ -250,6 +266,24 @@ impl ReadPath {
             self.chunk(&key).await?.copy_range(from, to, &mut out);
         }
         Ok(out)
+    }
+
+    /// The JSON array items (comma-separated) of the candles of a series opening in `[from, to]`,
+    /// appended to `out`; returns how many.
+    pub async fn range_json(
+        &self,
+        instrument: &Instrument,
+        interval: Interval,
+        from: Timestamp,
+        to: Timestamp,
+        out: &mut String,
+    ) -> Result<usize, ApiError> {
+        let mut written = 0;
+        for chunk in chunk_of(interval, from)..=chunk_of(interval, to) {
+            let key = ChunkKey { instrument: instrument.clone(), interval, chunk };
+            written = self.chunk(&key).await?.json_range(from, to, out, written);
+        }
+        Ok(written)
     }
 
     /// The last candle of a series opening before `before`: from the chunk holding `before` when

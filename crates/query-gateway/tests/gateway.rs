@@ -305,7 +305,7 @@ fn reference_klines(
     }
     let d = |x: Decimal| x.to_string_min_scale(8);
     let mut out = Vec::new();
-    let mut last_close: Option<Decimal> = mine.iter().filter(|t| t.event_time() < open).last().map(|t| t.price());
+    let mut last_close: Option<Decimal> = mine.iter().rfind(|t| t.event_time() < open).map(|t| t.price());
     for _ in 0..limit {
         let next = interval.next_open_with_offset(open, offset);
         let inside: Vec<&&Trade> = mine.iter().filter(|t| t.event_time() >= open && t.event_time() < next).collect();
@@ -449,7 +449,7 @@ async fn every_tier_answers_like_the_database_and_the_reference() {
             .unwrap()
             .into_inner();
         let as_rest: Vec<String> =
-            r.candles.iter().map(|c| query_gateway::rest::candle_json(&wick_wire::candle_from_wire(c).unwrap())).collect();
+            r.candles.iter().map(|c| query_gateway::json::candle(&wick_wire::candle_from_wire(c).unwrap())).collect();
         let rest =
             get(&db_only.http, &format!("/api/v1/candles?instrument={btc}&interval={iv}&start={first_ms}&limit=1000&fill=previous")).await;
         assert_eq!(format!(r#"{{"candles":[{}]}}"#, as_rest.join(",")), rest.body, "gRPC and REST differ for {iv}");
@@ -1012,4 +1012,57 @@ async fn the_live_chart_draws_candles_and_follows_new_trades() {
     for s in [gw.service, aggregator, writer] {
         s.stop().await;
     }
+}
+
+/// The binary as deployed: configured by environment alone, ready on its operations port, its
+/// metrics named as documented, and a clean exit on SIGTERM with a WebSocket client connected
+/// (which gets a close frame saying why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_health_metrics_and_stops_cleanly() {
+    let env = env().await;
+    let port = |_: ()| wick_test_support::free_port().unwrap();
+    let (http, grpc, ops) = (port(()), port(()), port(()));
+    let child = Command::new(env!("CARGO_BIN_EXE_query-gateway"))
+        .env("WICK__HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("WICK__GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
+        .env("WICK__OPS__LISTEN", format!("127.0.0.1:{ops}"))
+        .env("WICK__KAFKA__CANDLES_TOPIC", &env.candles)
+        .env("WICK__DATABASE__SCHEMA", &env.schema)
+        .env("WICK__REDIS__KEY_PREFIX", &env.prefix)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut child = wick_test_support::ServiceProcess(child);
+    wick_test_support::wait_ready(&format!("127.0.0.1:{ops}"), Duration::from_secs(60)).await.unwrap();
+    let base = format!("http://127.0.0.1:{http}");
+    assert_eq!(get(&base, "/api/v1/instruments").await.json(), serde_json::json!({"instruments": []}));
+    let page = get(&base, "/").await;
+    assert!(page.body.contains("lightweight-charts.js") && page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(get(&base, "/static/lightweight-charts.js").await.body.len() > 100_000);
+    let metrics = get(&format!("http://127.0.0.1:{ops}"), "/metrics").await.body;
+    for name in [
+        "wick_gateway_requests_total{api=\"rest\",route=\"/api/v1/instruments\",status=\"200\"} 1",
+        "wick_gateway_request_seconds_bucket",
+        "wick_gateway_l1_entries",
+        "wick_gateway_l2_breaker_open 0",
+        "wick_gateway_ws_clients 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http}/ws")).await.unwrap();
+    wick_test_support::wait_until("the WebSocket client is counted", Duration::from_secs(10), || async {
+        get(&format!("http://127.0.0.1:{ops}"), "/metrics").await.body.contains("wick_gateway_ws_clients 1")
+    })
+    .await
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.terminate()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let mut reason = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Close(frame) = m {
+            reason = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            break;
+        }
+    }
+    assert_eq!(reason, Some((1001, "server shutting down".to_owned())));
 }
