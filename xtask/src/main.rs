@@ -6,6 +6,7 @@ mod bench_feed;
 mod bench_gateway;
 mod ci;
 mod demo;
+mod deploy_check;
 mod stack;
 mod util;
 
@@ -20,6 +21,7 @@ Commands:
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
   bench   [--report | aggregate ring broker feed store ingest gateway]: run the benchmarks, write docs/BENCHMARKS.md
+  deploy-check  validate deploy/ offline: Helm charts, Kubernetes schemas, alert rules, dashboard, compose, metric names
 ";
 
 fn main() -> Result<()> {
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
         Some("migrate") => stack::migrate(),
         Some("bench") => bench::run_bench(&args[1..]),
         Some("demo") => demo::run_demo(&args[1..]),
+        Some("deploy-check") => deploy_check::run_deploy_check(),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())

@@ -1,5 +1,6 @@
 //! feed-publisher's metrics, declared once; emitted per record batch, not per trade.
 
+use prometheus::core::Collector;
 use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 use wick_core::{Instrument, Timestamp, Trade};
 use wick_service::metrics::{counter, counter_vec, histogram};
@@ -62,21 +63,31 @@ impl Metrics {
                 &["exchange"],
             ),
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.trades_published.clone()),
-            Box::new(m.trades_per_record.clone()),
-            Box::new(m.records_per_request.clone()),
-            Box::new(m.produce_seconds.clone()),
-            Box::new(m.publish_delay_seconds.clone()),
-            Box::new(m.produce_errors.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.rejected.clone()),
-            Box::new(m.duplicates.clone()),
-            Box::new(m.gaps.clone()),
-            Box::new(m.reconnects.clone()),
-        ];
-        wick_service::metrics::register(&m.registry, collectors);
+        wick_service::metrics::register(&m.registry, m.collectors());
         m
+    }
+
+    /// The name of every metric this service exports, whether or not it has a sample yet (a vec
+    /// metric without label values is absent from `gather()`). The deployment's dashboards and
+    /// alerts are checked against these (`xtask/tests/deploy_metrics.rs`).
+    pub fn metric_names(&self) -> Vec<String> {
+        self.collectors().iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.trades_published.clone()),
+            Box::new(self.trades_per_record.clone()),
+            Box::new(self.records_per_request.clone()),
+            Box::new(self.produce_seconds.clone()),
+            Box::new(self.publish_delay_seconds.clone()),
+            Box::new(self.produce_errors.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.rejected.clone()),
+            Box::new(self.duplicates.clone()),
+            Box::new(self.gaps.clone()),
+            Box::new(self.reconnects.clone()),
+        ]
     }
 
     /// Trades of `instrument` handed to the broker so far.

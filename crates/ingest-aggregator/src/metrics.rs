@@ -67,26 +67,36 @@ impl Metrics {
             checkpoint_bytes: gauge("wick_ingest_checkpoint_bytes", "Size of the latest partition checkpoint's state."),
             aggregation_errors: counter("wick_ingest_aggregation_errors_total", "Trades or candles that overflowed the exact arithmetic."),
         };
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(m.records_consumed.clone()),
-            Box::new(m.trades_consumed.clone()),
-            Box::new(m.poll_seconds.clone()),
-            Box::new(m.lag.clone()),
-            Box::new(m.ring_remaining.clone()),
-            Box::new(m.events_dropped.clone()),
-            Box::new(m.duplicates.clone()),
-            Box::new(m.late.clone()),
-            Box::new(m.too_late.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.candles_emitted.clone()),
-            Box::new(m.records_produced.clone()),
-            Box::new(m.produce_seconds.clone()),
-            Box::new(m.checkpoints.clone()),
-            Box::new(m.checkpoint_bytes.clone()),
-            Box::new(m.aggregation_errors.clone()),
-        ];
-        wick_service::metrics::register(&m.registry, collectors);
+        wick_service::metrics::register(&m.registry, m.collectors());
         m
+    }
+
+    /// The name of every metric this service exports, whether or not it has a sample yet (a vec
+    /// metric without label values is absent from `gather()`). The deployment's dashboards and
+    /// alerts are checked against these (`xtask/tests/deploy_metrics.rs`).
+    pub fn metric_names(&self) -> Vec<String> {
+        self.collectors().iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.records_consumed.clone()),
+            Box::new(self.trades_consumed.clone()),
+            Box::new(self.poll_seconds.clone()),
+            Box::new(self.lag.clone()),
+            Box::new(self.ring_remaining.clone()),
+            Box::new(self.events_dropped.clone()),
+            Box::new(self.duplicates.clone()),
+            Box::new(self.late.clone()),
+            Box::new(self.too_late.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.candles_emitted.clone()),
+            Box::new(self.records_produced.clone()),
+            Box::new(self.produce_seconds.clone()),
+            Box::new(self.checkpoints.clone()),
+            Box::new(self.checkpoint_bytes.clone()),
+            Box::new(self.aggregation_errors.clone()),
+        ]
     }
 
     /// Adds a shard's counters since its last report.

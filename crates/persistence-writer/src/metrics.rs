@@ -52,23 +52,33 @@ impl Metrics {
             l2_pending: gauge("wick_writer_l2_pending_candles", "Committed candles waiting for the L2 cache."),
             l2_breaker_open: gauge("wick_writer_l2_breaker_open", "1 while the L2 circuit breaker is open."),
         };
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(m.candles_received.clone()),
-            Box::new(m.rows_written.clone()),
-            Box::new(m.batch_candles.clone()),
-            Box::new(m.commit_seconds.clone()),
-            Box::new(m.db_retries.clone()),
-            Box::new(m.db_up.clone()),
-            Box::new(m.lag.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.l2_writes.clone()),
-            Box::new(m.l2_failures.clone()),
-            Box::new(m.l2_invalidated.clone()),
-            Box::new(m.l2_pending.clone()),
-            Box::new(m.l2_breaker_open.clone()),
-        ];
-        wick_service::metrics::register(&m.registry, collectors);
+        wick_service::metrics::register(&m.registry, m.collectors());
         m
+    }
+
+    /// The name of every metric this service exports, whether or not it has a sample yet (a vec
+    /// metric without label values is absent from `gather()`). The deployment's dashboards and
+    /// alerts are checked against these (`xtask/tests/deploy_metrics.rs`).
+    pub fn metric_names(&self) -> Vec<String> {
+        self.collectors().iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.candles_received.clone()),
+            Box::new(self.rows_written.clone()),
+            Box::new(self.batch_candles.clone()),
+            Box::new(self.commit_seconds.clone()),
+            Box::new(self.db_retries.clone()),
+            Box::new(self.db_up.clone()),
+            Box::new(self.lag.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.l2_writes.clone()),
+            Box::new(self.l2_failures.clone()),
+            Box::new(self.l2_invalidated.clone()),
+            Box::new(self.l2_pending.clone()),
+            Box::new(self.l2_breaker_open.clone()),
+        ]
     }
 }
 

@@ -71,31 +71,39 @@ impl Metrics {
                 "candles-completed records that are not candle batches (skipped; the writer dead-letters them).",
             ),
         };
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(m.requests.clone()),
-            Box::new(m.request_seconds.clone()),
-            Box::new(m.l1_hits.clone()),
-            Box::new(m.l1_misses.clone()),
-            Box::new(m.l1_entries.clone()),
-            Box::new(m.l1_candles.clone()),
-            Box::new(m.l2_hits.clone()),
-            Box::new(m.l2_misses.clone()),
-            Box::new(m.l2_errors.clone()),
-            Box::new(m.l2_breaker_open.clone()),
-            Box::new(m.db_loads.clone()),
-            Box::new(m.db_errors.clone()),
-            Box::new(m.live_events.clone()),
-            Box::new(m.live_lag.clone()),
-            Box::new(m.unpersisted.clone()),
-            Box::new(m.unpersisted_dropped.clone()),
-            Box::new(m.ws_clients.clone()),
-            Box::new(m.stream_clients.clone()),
-            Box::new(m.clients_dropped.clone()),
-            Box::new(m.rate_limited.clone()),
-            Box::new(m.dead_letters.clone()),
-        ];
-        register(&m.registry, collectors);
+        register(&m.registry, m.collectors());
         m
+    }
+
+    /// The name of every metric, including vecs without samples yet (for the deployment checks).
+    pub fn metric_names(&self) -> Vec<String> {
+        self.collectors().iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.request_seconds.clone()),
+            Box::new(self.l1_hits.clone()),
+            Box::new(self.l1_misses.clone()),
+            Box::new(self.l1_entries.clone()),
+            Box::new(self.l1_candles.clone()),
+            Box::new(self.l2_hits.clone()),
+            Box::new(self.l2_misses.clone()),
+            Box::new(self.l2_errors.clone()),
+            Box::new(self.l2_breaker_open.clone()),
+            Box::new(self.db_loads.clone()),
+            Box::new(self.db_errors.clone()),
+            Box::new(self.live_events.clone()),
+            Box::new(self.live_lag.clone()),
+            Box::new(self.unpersisted.clone()),
+            Box::new(self.unpersisted_dropped.clone()),
+            Box::new(self.ws_clients.clone()),
+            Box::new(self.stream_clients.clone()),
+            Box::new(self.clients_dropped.clone()),
+            Box::new(self.rate_limited.clone()),
+            Box::new(self.dead_letters.clone()),
+        ]
     }
 
     /// Counts a finished request.

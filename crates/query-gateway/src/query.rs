@@ -130,17 +130,18 @@ impl CandleQuery {
         Grid { interval: self.interval, offset: self.offset }
     }
 
-    /// The buckets this query covers at `now`; `None` when none can hold a candle.
+    /// The buckets this query covers at `now`; `None` when none can hold a candle. Buckets after
+    /// the one holding `now` are never covered (as on Binance: no flat candles for the future).
     pub fn span(&self, now: Timestamp) -> Option<Span> {
         let grid = self.grid();
         let n = self.limit.max(1);
-        match (self.start, self.end) {
-            (Some(start), end) => {
+        let end = self.end.map_or(now, |e| e.min(now));
+        match self.start {
+            Some(start) => {
                 let mut first = grid.start(start);
                 if first < start {
                     first = grid.next(first);
                 }
-                let end = end.unwrap_or(Timestamp::END.saturating_sub_micros(1));
                 let mut last = first;
                 for _ in 1..n {
                     let next = grid.next(last);
@@ -151,8 +152,8 @@ impl CandleQuery {
                 }
                 (first <= end).then_some(Span { first, last })
             }
-            (None, end) => {
-                let last = grid.start(end.unwrap_or(now));
+            None => {
+                let last = grid.start(end);
                 let mut first = last;
                 for _ in 1..n {
                     if first.as_micros() <= 0 {
@@ -417,18 +418,24 @@ mod tests {
 
     #[test]
     fn spans_cover_at_most_limit_buckets() {
+        let now = ts(1_000_000_000);
         let q = query(Interval::M1, Some(90_000), None, 3);
-        assert_eq!(q.span(ts(0)), Some(Span { first: ts(120_000), last: ts(240_000) }));
+        assert_eq!(q.span(now), Some(Span { first: ts(120_000), last: ts(240_000) }));
         let q = query(Interval::M1, Some(60_000), Some(150_000), 1000);
-        assert_eq!(q.span(ts(0)), Some(Span { first: ts(60_000), last: ts(120_000) }));
+        assert_eq!(q.span(now), Some(Span { first: ts(60_000), last: ts(120_000) }));
+        // Never past the bucket holding now, whatever the end and limit.
+        let q = query(Interval::M1, Some(60_000), None, 1000);
+        assert_eq!(q.span(ts(200_000)), Some(Span { first: ts(60_000), last: ts(180_000) }));
+        let q = query(Interval::M1, None, Some(900_000), 2);
+        assert_eq!(q.span(ts(200_000)), Some(Span { first: ts(120_000), last: ts(180_000) }));
         let q = query(Interval::M1, None, None, 2);
         assert_eq!(q.span(ts(600_500)), Some(Span { first: ts(540_000), last: ts(600_000) }));
         let q = query(Interval::M1, Some(61_000), Some(62_000), 5);
-        assert_eq!(q.span(ts(0)), None);
+        assert_eq!(q.span(now), None);
         // Months step over their varying lengths.
         let jan_2024 = 1_704_067_200_000;
         let q = query(Interval::Mo1, None, Some(jan_2024 + 40 * 86_400_000), 2);
-        assert_eq!(q.span(ts(0)), Some(Span { first: ts(jan_2024), last: ts(jan_2024 + 31 * 86_400_000) }));
+        assert_eq!(q.span(ts(jan_2024 * 2)), Some(Span { first: ts(jan_2024), last: ts(jan_2024 + 31 * 86_400_000) }));
     }
 
     #[test]
@@ -464,7 +471,7 @@ mod tests {
         ];
         let sources = series(Interval::M15, &trades);
         let q = CandleQuery { offset, ..query(Interval::H1, Some(0), Some(3 * 3_600_000), 3) };
-        let span = q.span(ts(0)).unwrap();
+        let span = q.span(ts(86_400_000)).unwrap();
         assert_eq!(span.first, ts(15 * 60_000));
         let out = bars(q.grid(), span, &sources, None, Fill::Previous).unwrap();
         assert_eq!(out.len(), 3);

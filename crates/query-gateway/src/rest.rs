@@ -582,8 +582,11 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
             }
             pushed = sub.rx.recv() => {
                 let Some(event) = pushed else { break None };
-                if tx.send(Message::text(event.json())).await.is_err() {
-                    break None;
+                // A client that stops reading blocks this send once the socket buffers fill: its
+                // queue then fills, the hub drops it, and the connection is closed here.
+                tokio::select! {
+                    sent = tx.send(Message::text(event.json())) => if sent.is_err() { break None },
+                    _ = state.dropped() => break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", sub.buffer())),
                 }
             }
             _ = state.dropped() => {
@@ -595,7 +598,8 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
     if let Some(reason) = close {
         // Policy violation (1008) for a slow client, going away (1001) at shutdown.
         let code: u16 = if state.lagged() { 1008 } else { 1001 };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.send(Message::close_with(code, reason))).await;
+        // A slow client gets a while to read up to the close frame; then the socket is dropped.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tx.send(Message::close_with(code, reason))).await;
     }
     drop(sub);
     gw.metrics.ws_clients.dec();

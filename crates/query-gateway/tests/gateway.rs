@@ -288,7 +288,7 @@ fn same_values(got: &serde_json::Value, want: &Candle) {
 }
 
 /// Naive klines for Binance's `timeZone`: trades bucketed by the shifted grid, folded in order,
-/// empty buckets flat at the previous close.
+/// empty buckets flat at the previous close, up to the bucket holding now.
 fn reference_klines(
     trades: &[Trade],
     instrument: &Instrument,
@@ -306,7 +306,12 @@ fn reference_klines(
     let d = |x: Decimal| x.to_string_min_scale(8);
     let mut out = Vec::new();
     let mut last_close: Option<Decimal> = mine.iter().rfind(|t| t.event_time() < open).map(|t| t.price());
+    // Like Binance, no buckets after the one holding now.
+    let now = wick_core::Clock::now(&SystemClock);
     for _ in 0..limit {
+        if open > now {
+            break;
+        }
         let next = interval.next_open_with_offset(open, offset);
         let inside: Vec<&&Trade> = mine.iter().filter(|t| t.event_time() >= open && t.event_time() < next).collect();
         let close_ms = next.as_millis() - 1;
