@@ -99,8 +99,10 @@ pub struct RedisConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct L1Config {
     pub enabled: bool,
-    /// Chunks held at most.
+    /// Chunks held (an estimate quick_cache sizes itself by).
     pub max_entries: usize,
+    /// Candles held at most, over all chunks (a candle takes about 600 bytes with its JSON).
+    pub max_candles: u64,
     /// A chunk is reloaded this long after it was loaded.
     pub ttl: Duration,
 }
@@ -112,7 +114,7 @@ pub struct LiveConfig {
     pub max_subscriptions: usize,
     /// Messages queued for one client; a client further behind is disconnected.
     pub client_buffer: usize,
-    /// WebSocket connections at most.
+    /// WebSocket connections, and gRPC streams, at most (each).
     pub max_connections: usize,
     /// Candle versions held until the writer has stored them (see ARCHITECTURE.md); beyond this
     /// the oldest are dropped and counted.
@@ -130,6 +132,7 @@ pub struct AuthConfig {
 }
 
 /// Token buckets: `rate` requests per second on average, bursts of `burst`. 0 disables a limit.
+/// Per-key limits apply to configured keys only (with no keys, limit per address).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -200,7 +203,7 @@ impl Default for RedisConfig {
 
 impl Default for L1Config {
     fn default() -> Self {
-        L1Config { enabled: true, max_entries: 10_000, ttl: Duration::from_secs(300) }
+        L1Config { enabled: true, max_entries: 10_000, max_candles: 1_000_000, ttl: Duration::from_secs(300) }
     }
 }
 
@@ -258,8 +261,11 @@ impl Validate for Config {
         if self.redis.enabled && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("redis-cluster://")) {
             problems.push(format!("redis.url must start with redis:// or redis-cluster:// (got {:?})", self.redis.url));
         }
-        if self.l1.enabled && self.l1.max_entries == 0 {
-            problems.push("l1.max_entries must be at least 1".into());
+        if self.l1.enabled && (self.l1.max_entries == 0 || self.l1.max_candles < 1000) {
+            problems.push("l1.max_entries must be at least 1 and l1.max_candles at least 1000".into());
+        }
+        if self.live.max_unpersisted < 1000 {
+            problems.push(format!("live.max_unpersisted must be at least 1000 (got {})", self.live.max_unpersisted));
         }
         if self.live.max_subscriptions == 0 || self.live.client_buffer == 0 || self.live.max_connections == 0 {
             problems.push("live.max_subscriptions, live.client_buffer and live.max_connections must be at least 1".into());

@@ -101,6 +101,9 @@ impl CandleService for CandleApi {
         let started = Instant::now();
         let result = (|| {
             self.admit(&request)?;
+            if self.0.metrics.stream_clients.get() >= self.0.config.live.max_connections as i64 {
+                return Err(Status::resource_exhausted(format!("at most {} streams", self.0.config.live.max_connections)));
+            }
             let subs = &request.get_ref().subscriptions;
             if subs.is_empty() {
                 return Err(ApiError::MissingParameter("subscriptions").to_grpc());
@@ -196,7 +199,10 @@ pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> anyho
         .build_v1alpha()?;
     let shutdown = gw.shutdown.clone();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Keepalive pings find peers that went away without closing their streams.
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

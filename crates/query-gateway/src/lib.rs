@@ -55,13 +55,19 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 impl Running {
-    /// Waits for the servers and readers to stop (after shutdown was requested).
+    /// Waits for the servers and readers to stop (after shutdown was requested), and for the
+    /// WebSocket connections to close (each sends its client a close frame, for at most 10 s).
     pub async fn stopped(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(11);
+        while self.metrics.ws_clients.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -76,11 +82,11 @@ pub async fn start(config: Config, metrics: Metrics, readiness: Readiness, clock
             ttl: config.redis.ttl.get(),
             command_timeout: config.redis.command_timeout.get(),
         })?;
-        Some(Arc::new(L2::new(cache)))
+        Some(Arc::new(L2::new(cache, config.redis.command_timeout.get())))
     } else {
         None
     };
-    let l1 = config.l1.enabled.then(|| (config.l1.max_entries, config.l1.ttl.get()));
+    let l1 = config.l1.enabled.then(|| (config.l1.max_entries, config.l1.max_candles, config.l1.ttl.get()));
     let read = Arc::new(ReadPath::new(l1, l2, pool.clone(), config.database.query_timeout.get(), metrics.clone()));
     let hub = Hub::new(config.live.client_buffer, config.live.max_subscriptions, metrics.clone());
 
@@ -111,7 +117,7 @@ pub async fn start(config: Config, metrics: Metrics, readiness: Readiness, clock
     let guard = limits::Guard::new(&config.auth, &config.limits, metrics.clone());
     let http_listen = config.http.listen;
     let grpc_listen = config.grpc.listen;
-    let gw = Arc::new(Gateway { config, read, hub, guard, metrics, clock, shutdown: shutdown.clone() });
+    let gw = Arc::new(Gateway { config, read, hub, guard, metrics: metrics.clone(), clock, shutdown: shutdown.clone() });
 
     let http = tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding HTTP on {http_listen}"))?;
     let http_addr = http.local_addr()?;
@@ -123,7 +129,7 @@ pub async fn start(config: Config, metrics: Metrics, readiness: Readiness, clock
     tasks.push(grpc::serve(gw, grpc).await?);
     readiness.set(true);
     tracing::info!(%http_addr, %grpc_addr, "query-gateway serving");
-    Ok(Running { http_addr, grpc_addr, tasks })
+    Ok(Running { http_addr, grpc_addr, tasks, metrics })
 }
 
 /// The writer's stored offsets: per partition, how far both the database and (with L2) Redis

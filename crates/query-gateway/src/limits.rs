@@ -72,8 +72,13 @@ impl Guard {
         }
     }
 
-    /// Checks the key (when keys are configured) and both rate limits.
+    /// Checks the per-address limit first (so refused keys and bad requests are limited too),
+    /// then the key (when keys are configured), then the key's limit.
     pub fn check(&self, key: Option<&str>, address: Option<IpAddr>) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if let (Some(buckets), Some(address)) = (&self.per_address, address) {
+            buckets.take(&address, now).map_err(|retry_after| self.limited("address", retry_after))?;
+        }
         if !self.keys.is_empty() {
             let Some(key) = key else {
                 return Err(ApiError::Unauthorized(
@@ -84,11 +89,8 @@ impl Guard {
                 return Err(ApiError::Unauthorized("unknown API key".into()));
             }
         }
-        let now = Instant::now();
-        if let (Some(buckets), Some(address)) = (&self.per_address, address) {
-            buckets.take(&address, now).map_err(|retry_after| self.limited("address", retry_after))?;
-        }
-        if let (Some(buckets), Some(key)) = (&self.per_key, key) {
+        // Keyed buckets only for configured keys: a client must not grow the table at will.
+        if let (Some(buckets), Some(key), false) = (&self.per_key, key, self.keys.is_empty()) {
             buckets.take(&key.as_bytes().to_vec(), now).map_err(|retry_after| self.limited("key", retry_after))?;
         }
         Ok(())

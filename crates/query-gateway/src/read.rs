@@ -16,6 +16,7 @@
 //! Concurrent misses on one chunk share one load (`quick_cache`'s placeholder guard).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,10 @@ impl ChunkKey {
 #[derive(Debug)]
 pub struct Chunk {
     loaded_at: Instant,
+    /// Its weight in L1 (candles held when loaded, plus one), fixed for the cache's accounting.
+    weight: u64,
+    /// A reload after the TTL is under way (one at a time; readers keep the old one meanwhile).
+    refreshing: AtomicBool,
     candles: RwLock<BTreeMap<i64, (Candle, Box<str>)>>,
 }
 
@@ -60,7 +65,7 @@ impl Chunk {
         for c in candles {
             keep_newer(&mut map, c);
         }
-        Chunk { loaded_at: Instant::now(), candles: RwLock::new(map) }
+        Chunk { loaded_at: Instant::now(), weight: 1 + map.len() as u64, refreshing: AtomicBool::new(false), candles: RwLock::new(map) }
     }
 
     fn apply(&self, candle: &Candle) {
@@ -99,6 +104,16 @@ impl Chunk {
     }
 }
 
+/// L1 is bounded by candles held, not only by chunks.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkWeight;
+
+impl quick_cache::Weighter<ChunkKey, Arc<Chunk>> for ChunkWeight {
+    fn weight(&self, _: &ChunkKey, chunk: &Arc<Chunk>) -> u64 {
+        chunk.weight
+    }
+}
+
 fn keep_newer(map: &mut BTreeMap<i64, (Candle, Box<str>)>, candle: Candle) {
     let key = candle.open_time().as_micros();
     match map.get(&key) {
@@ -112,11 +127,24 @@ fn keep_newer(map: &mut BTreeMap<i64, (Candle, Box<str>)>, candle: Candle) {
 
 type Series = (Instrument, Interval);
 
-/// Candle versions seen on `candles-completed` that the writer may not have stored yet, with the
-/// partition and offset of the record that carried them.
+/// One candle version seen on `candles-completed`: the record that carried it, and when.
+#[derive(Debug, Clone)]
+struct Seen {
+    candle: Candle,
+    partition: i32,
+    offset: i64,
+    at: Instant,
+}
+
+/// Candle versions seen on `candles-completed` that the writer may not have stored yet.
+///
+/// An entry goes once the writer's stored offsets pass its record *and* it is older than the
+/// grace period: a chunk load that started before the writer stored it may still be reading the
+/// database or Redis without it, and merges this set when the read returns (loads are bounded by
+/// the database and Redis timeouts, which the grace period exceeds).
 #[derive(Debug, Default)]
 pub struct Unpersisted {
-    series: HashMap<Series, BTreeMap<i64, (Candle, i32, i64)>>,
+    series: HashMap<Series, BTreeMap<i64, Seen>>,
     len: usize,
 }
 
@@ -129,44 +157,46 @@ impl Unpersisted {
         self.len == 0
     }
 
-    fn add(&mut self, candle: &Candle, partition: i32, offset: i64) {
+    fn add(&mut self, candle: &Candle, partition: i32, offset: i64, at: Instant) {
         let map = self.series.entry((candle.instrument().clone(), candle.interval())).or_default();
         let key = candle.open_time().as_micros();
+        let seen = Seen { candle: candle.clone(), partition, offset, at };
         match map.get(&key) {
-            Some((held, _, _)) if held.version() >= candle.version() => {}
+            Some(held) if held.candle.version() >= candle.version() => {}
             Some(_) => {
-                map.insert(key, (candle.clone(), partition, offset));
+                map.insert(key, seen);
             }
             None => {
-                map.insert(key, (candle.clone(), partition, offset));
+                map.insert(key, seen);
                 self.len += 1;
             }
         }
     }
 
-    /// Drops what the writer has stored: records before `stored[partition]`.
-    pub fn prune(&mut self, stored: &HashMap<i32, i64>) {
+    /// Drops what the writer has stored (records before `stored[partition]`) and was seen before
+    /// `seen_before`.
+    pub fn prune(&mut self, stored: &HashMap<i32, i64>, seen_before: Instant) {
         let mut len = 0;
         self.series.retain(|_, map| {
-            map.retain(|_, (_, p, o)| stored.get(p).is_none_or(|next| *o >= *next));
+            map.retain(|_, s| s.at >= seen_before || stored.get(&s.partition).is_none_or(|next| s.offset >= *next));
             len += map.len();
             !map.is_empty()
         });
         self.len = len;
     }
 
-    /// Drops the oldest records until at most `max` candles are held; returns how many went.
+    /// Drops the longest-held versions until at most `max` are held; returns how many went.
     pub fn cap(&mut self, max: usize) -> usize {
         if self.len <= max {
             return 0;
         }
-        let mut offsets: Vec<i64> = self.series.values().flat_map(|m| m.values().map(|(_, _, o)| *o)).collect();
-        offsets.sort_unstable();
-        let cut = offsets[self.len - max];
+        let mut seen: Vec<Instant> = self.series.values().flat_map(|m| m.values().map(|s| s.at)).collect();
+        seen.sort_unstable();
+        let cut = seen[self.len - max.max(1)];
         let before = self.len;
         let mut len = 0;
         self.series.retain(|_, map| {
-            map.retain(|_, (_, _, o)| *o >= cut);
+            map.retain(|_, s| s.at >= cut);
             len += map.len();
             !map.is_empty()
         });
@@ -178,8 +208,20 @@ impl Unpersisted {
         let (from, to) = key.bounds_us();
         self.series
             .get(&(key.instrument.clone(), key.interval))
-            .map(|m| m.range(from..to).map(|(_, (c, _, _))| c.clone()).collect())
+            .map(|m| m.range(from..to).map(|(_, s)| s.candle.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The latest-opening candle of a series before `before`.
+    fn last_before(&self, instrument: &Instrument, interval: Interval, before: Timestamp) -> Option<Candle> {
+        let map = self.series.get(&(instrument.clone(), interval))?;
+        map.range(..before.as_micros()).next_back().map(|(_, s)| s.candle.clone())
+    }
+
+    /// The earliest-opening candle of a series at or after `from`.
+    fn first_from(&self, instrument: &Instrument, interval: Interval, from: Timestamp) -> Option<Candle> {
+        let map = self.series.get(&(instrument.clone(), interval))?;
+        map.range(from.as_micros()..).next().map(|(_, s)| s.candle.clone())
     }
 }
 
@@ -187,12 +229,13 @@ impl Unpersisted {
 #[derive(Debug)]
 pub struct L2 {
     pub cache: L2Cache,
+    command_timeout: Duration,
     breaker: Mutex<Breaker>,
 }
 
 impl L2 {
-    pub fn new(cache: L2Cache) -> L2 {
-        L2 { cache, breaker: Mutex::new(Breaker::new(Duration::from_millis(250), Duration::from_secs(10))) }
+    pub fn new(cache: L2Cache, command_timeout: Duration) -> L2 {
+        L2 { cache, command_timeout, breaker: Mutex::new(Breaker::new(Duration::from_millis(250), Duration::from_secs(10))) }
     }
 
     fn allows(&self) -> bool {
@@ -213,13 +256,17 @@ impl L2 {
 
 /// Where candles are read from.
 pub struct ReadPath {
-    l1: Option<quick_cache::sync::Cache<ChunkKey, Arc<Chunk>>>,
+    l1: Option<quick_cache::sync::Cache<ChunkKey, Arc<Chunk>, ChunkWeight>>,
     l1_ttl: Duration,
+    /// How long a stored candle version is still kept in `unpersisted` (see [`Unpersisted`]).
+    grace: Duration,
     l2: Option<Arc<L2>>,
     db: Pool,
     db_timeout: Duration,
     unpersisted: Mutex<Unpersisted>,
     instruments: RwLock<BTreeSet<Instrument>>,
+    /// The instrument list was read from the database (so an unknown one has no candles).
+    instruments_loaded: AtomicBool,
     metrics: Metrics,
 }
 
@@ -235,15 +282,19 @@ const COLUMNS: &str = "instrument, interval, (extract(epoch from open_time) * 10
      (extract(epoch from last_trade_time) * 1000000)::bigint, closed, version";
 
 impl ReadPath {
-    pub fn new(l1: Option<(usize, Duration)>, l2: Option<Arc<L2>>, db: Pool, db_timeout: Duration, metrics: Metrics) -> ReadPath {
+    /// `l1`: (chunks, candles, TTL) when enabled.
+    pub fn new(l1: Option<(usize, u64, Duration)>, l2: Option<Arc<L2>>, db: Pool, db_timeout: Duration, metrics: Metrics) -> ReadPath {
+        let redis_timeout = l2.as_ref().map_or(Duration::ZERO, |l2| l2.command_timeout);
         ReadPath {
-            l1: l1.map(|(entries, _)| quick_cache::sync::Cache::new(entries)),
-            l1_ttl: l1.map_or(Duration::ZERO, |(_, ttl)| ttl),
+            l1: l1.map(|(chunks, candles, _)| quick_cache::sync::Cache::with_weighter(chunks, candles, ChunkWeight)),
+            l1_ttl: l1.map_or(Duration::ZERO, |(_, _, ttl)| ttl),
+            grace: 2 * (db_timeout + redis_timeout) + Duration::from_secs(1),
             l2,
             db,
             db_timeout,
             unpersisted: Mutex::new(Unpersisted::default()),
             instruments: RwLock::new(BTreeSet::new()),
+            instruments_loaded: AtomicBool::new(false),
             metrics,
         }
     }
@@ -287,70 +338,109 @@ impl ReadPath {
     }
 
     /// The last candle of a series opening before `before`: from the chunk holding `before` when
-    /// it has one, else from the database (an index lookup).
+    /// it has one, else from the database (an index lookup) and what is on its way there.
     pub async fn last_before(&self, instrument: &Instrument, interval: Interval, before: Timestamp) -> Result<Option<Candle>, ApiError> {
         let key = ChunkKey::of(instrument, interval, before);
         if let Some(c) = self.chunk(&key).await?.last_before(before) {
             return Ok(Some(c));
         }
         let (chunk_start, _) = key.bounds_us();
+        let pending = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).last_before(instrument, interval, before);
         let sql = format!(
             "SELECT {COLUMNS} FROM candles WHERE instrument = $1 AND interval = $2 AND open_time < (timestamptz 'epoch' + $3::int8 * interval '1 microsecond') \
              ORDER BY open_time DESC LIMIT 1"
         );
-        let rows = self.query(&sql, instrument, interval, chunk_start, None).await?;
-        let mut found = rows.into_iter().next();
-        // A newer version of it may be on its way to the database.
-        if let Some(c) = &found {
-            let pending =
-                self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).in_chunk(&ChunkKey::of(instrument, interval, c.open_time()));
-            for p in pending {
-                if p.open_time() < before && found.as_ref().is_none_or(|f| p.open_time() > f.open_time() || p.version() > f.version()) {
-                    found = Some(p);
-                }
-            }
-        }
-        Ok(found)
+        let stored = self.query(&sql, instrument, interval, chunk_start, None).await?.into_iter().next();
+        Ok(latest(stored, pending))
+    }
+
+    /// The first candle of a series opening at or after `from` (the database's index, and what is
+    /// on its way there).
+    pub async fn first_from(&self, instrument: &Instrument, interval: Interval, from: Timestamp) -> Result<Option<Candle>, ApiError> {
+        let pending = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).first_from(instrument, interval, from);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM candles WHERE instrument = $1 AND interval = $2 AND open_time >= (timestamptz 'epoch' + $3::int8 * interval '1 microsecond') \
+             ORDER BY open_time LIMIT 1"
+        );
+        let stored = self.query(&sql, instrument, interval, from.as_micros(), None).await?.into_iter().next();
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) => Some(if p.open_time() < s.open_time() { p } else { s }),
+            (s, p) => s.or(p),
+        })
     }
 
     async fn chunk(&self, key: &ChunkKey) -> Result<Arc<Chunk>, ApiError> {
         let Some(l1) = &self.l1 else {
             return Ok(Arc::new(self.load(key).await?));
         };
-        loop {
-            match l1.get_value_or_guard_async(key).await {
-                Ok(chunk) if chunk.loaded_at.elapsed() < self.l1_ttl => {
-                    self.metrics.l1_hits.inc();
-                    return Ok(chunk);
+        match l1.get_value_or_guard_async(key).await {
+            Ok(chunk) if chunk.loaded_at.elapsed() < self.l1_ttl => {
+                self.metrics.l1_hits.inc();
+                Ok(chunk)
+            }
+            Ok(stale) => {
+                // One reader reloads; the others, and this one when the reload fails (the
+                // database down), keep answering from the chunk, which the live feed kept current.
+                self.metrics.l1_hits.inc();
+                if stale.refreshing.swap(true, Ordering::AcqRel) {
+                    return Ok(stale);
                 }
-                Ok(_) => {
-                    l1.remove(key);
-                }
-                Err(guard) => {
-                    self.metrics.l1_misses.inc();
-                    let chunk = self.load(key).await?;
-                    let chunk = Arc::new(chunk);
-                    let _ = guard.insert(chunk.clone());
-                    // Candles that arrived while the chunk was loading.
-                    let pending = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).in_chunk(key);
-                    for c in &pending {
-                        chunk.apply(c);
+                match self.load(key).await {
+                    Ok(fresh) => Ok(self.insert(l1, key, fresh)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reloading an expired L1 chunk failed; serving it as it is");
+                        stale.refreshing.store(false, Ordering::Release);
+                        Ok(stale)
                     }
-                    self.metrics.l1_entries.set(l1.len() as i64);
-                    return Ok(chunk);
                 }
             }
+            Err(guard) => {
+                self.metrics.l1_misses.inc();
+                let chunk = Arc::new(self.load(key).await?);
+                let _ = guard.insert(chunk.clone());
+                self.merge_unpersisted(key, &chunk);
+                self.metrics.l1_entries.set(l1.len() as i64);
+                Ok(chunk)
+            }
+        }
+    }
+
+    fn insert(&self, l1: &quick_cache::sync::Cache<ChunkKey, Arc<Chunk>, ChunkWeight>, key: &ChunkKey, chunk: Chunk) -> Arc<Chunk> {
+        let chunk = Arc::new(chunk);
+        l1.insert(key.clone(), chunk.clone());
+        self.merge_unpersisted(key, &chunk);
+        chunk
+    }
+
+    /// Candles that arrived while the chunk was loading.
+    fn merge_unpersisted(&self, key: &ChunkKey, chunk: &Chunk) {
+        let pending = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).in_chunk(key);
+        for c in &pending {
+            chunk.apply(c);
         }
     }
 
     /// Loads a whole chunk from L2 or, failing that, the database (filling L2 behind it).
     async fn load(&self, key: &ChunkKey) -> Result<Chunk, ApiError> {
+        // What is on its way to the database now: the writer may store it and the pruning drop
+        // it while this read runs, without the read seeing it.
+        let before = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).in_chunk(key);
+        let mut chunk = self.read_whole(key).await?;
+        for c in &before {
+            chunk.apply(c);
+        }
+        self.merge_unpersisted(key, &chunk);
+        chunk.weight = 1 + chunk.len() as u64;
+        Ok(chunk)
+    }
+
+    async fn read_whole(&self, key: &ChunkKey) -> Result<Chunk, ApiError> {
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.allows()) {
             match l2.cache.chunk(&key.instrument, key.interval, key.chunk).await {
                 Ok((true, candles)) => {
                     l2.record(true, &self.metrics);
                     self.metrics.l2_hits.inc();
-                    return Ok(self.with_unpersisted(key, candles));
+                    return Ok(Chunk::new(candles));
                 }
                 Ok((false, _)) => {
                     l2.record(true, &self.metrics);
@@ -380,15 +470,7 @@ impl ReadPath {
                 l2.record(ok, &metrics);
             });
         }
-        Ok(self.with_unpersisted(key, candles))
-    }
-
-    fn with_unpersisted(&self, key: &ChunkKey, candles: Vec<Candle>) -> Chunk {
-        let chunk = Chunk::new(candles);
-        for c in self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).in_chunk(key) {
-            chunk.apply(&c);
-        }
-        chunk
+        Ok(Chunk::new(candles))
     }
 
     async fn query(&self, sql: &str, instrument: &Instrument, interval: Interval, a: i64, b: Option<i64>) -> Result<Vec<Candle>, ApiError> {
@@ -417,7 +499,7 @@ impl ReadPath {
     pub fn apply_live(&self, candle: &Candle, partition: i32, offset: i64) {
         // Recorded before L1 is looked at, and loads insert into L1 before reading this: any
         // interleaving leaves the candle in the chunk.
-        self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).add(candle, partition, offset);
+        self.unpersisted.lock().unwrap_or_else(|e| e.into_inner()).add(candle, partition, offset, Instant::now());
         if let Some(l1) = &self.l1 {
             if let Some(chunk) = l1.get(&ChunkKey::of(candle.instrument(), candle.interval(), candle.open_time())) {
                 chunk.apply(candle);
@@ -433,7 +515,7 @@ impl ReadPath {
     /// what is held.
     pub fn prune(&self, stored: &HashMap<i32, i64>, max: usize) {
         let mut unpersisted = self.unpersisted.lock().unwrap_or_else(|e| e.into_inner());
-        unpersisted.prune(stored);
+        unpersisted.prune(stored, Instant::now().checked_sub(self.grace).unwrap_or_else(Instant::now));
         let dropped = unpersisted.cap(max);
         if dropped > 0 {
             self.metrics.unpersisted_dropped.inc_by(dropped as u64);
@@ -451,6 +533,12 @@ impl ReadPath {
         self.instruments.read().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
+    /// Whether `instrument` surely has no candles: the list was read from the database and has
+    /// not seen it since (queries for it then touch no tier).
+    pub fn surely_unknown(&self, instrument: &Instrument) -> bool {
+        self.instruments_loaded.load(Ordering::Acquire) && !self.knows(instrument)
+    }
+
     pub fn knows(&self, instrument: &Instrument) -> bool {
         self.instruments.read().unwrap_or_else(|e| e.into_inner()).contains(instrument)
     }
@@ -465,7 +553,16 @@ impl ReadPath {
                 set.insert(i);
             }
         }
+        self.instruments_loaded.store(true, Ordering::Release);
         Ok(set.len())
+    }
+}
+
+/// The later-opening of two candles, the newer version when they open together.
+fn latest(a: Option<Candle>, b: Option<Candle>) -> Option<Candle> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if (b.open_time(), b.version()) > (a.open_time(), a.version()) { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -522,22 +619,46 @@ mod tests {
     }
 
     #[test]
-    fn unpersisted_candles_keep_the_newest_version_until_stored() {
+    fn unpersisted_candles_keep_the_newest_version_until_stored_and_past_the_grace() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(1);
         let mut u = Unpersisted::default();
-        u.add(&candle(0, 3), 0, 10);
-        u.add(&candle(0, 2), 0, 11); // older version, later record: ignored
-        u.add(&candle(1, 1), 1, 5);
+        u.add(&candle(0, 3), 0, 10, t0);
+        u.add(&candle(0, 2), 0, 11, t0); // older version, later record: ignored
+        u.add(&candle(1, 1), 1, 5, t0);
         assert_eq!(u.len(), 2);
         let key = ChunkKey::of(candle(0, 1).instrument(), Interval::M1, Timestamp::MIN);
         assert_eq!(u.in_chunk(&key).iter().map(Candle::version).collect::<Vec<_>>(), [3, 1]);
-        u.prune(&HashMap::from([(0, 11), (1, 6)]));
+        let stored = HashMap::from([(0, 11), (1, 6)]);
+        // Stored, but seen within the grace period: kept for loads that may have missed it.
+        u.prune(&stored, t0);
+        assert_eq!(u.len(), 2);
+        u.prune(&HashMap::from([(0, 11)]), later);
+        assert_eq!(u.len(), 1, "partition 1 is not stored yet");
+        u.prune(&stored, later);
         assert_eq!(u.len(), 0);
 
         for m in 0..10 {
-            u.add(&candle(m, 1), 0, m);
+            u.add(&candle(m, 1), 0, m, t0 + Duration::from_millis(m as u64));
         }
+        assert_eq!(
+            u.last_before(&key.instrument, Interval::M1, Timestamp::from_millis(150_000).unwrap()).unwrap().open_time().as_millis(),
+            120_000
+        );
+        assert_eq!(
+            u.first_from(&key.instrument, Interval::M1, Timestamp::from_millis(150_000).unwrap()).unwrap().open_time().as_millis(),
+            180_000
+        );
         assert_eq!(u.cap(4), 6);
         assert_eq!(u.in_chunk(&key).iter().map(|c| c.open_time().as_millis() / 60_000).collect::<Vec<_>>(), [6, 7, 8, 9]);
+        assert_eq!(u.cap(0), 3, "at least one is kept");
+    }
+
+    #[test]
+    fn the_latest_candle_is_the_later_opening_then_the_newer_version() {
+        assert_eq!(latest(Some(candle(5, 1)), Some(candle(1, 9))).unwrap().open_time().as_millis(), 300_000);
+        assert_eq!(latest(Some(candle(1, 2)), Some(candle(1, 3))).unwrap().version(), 3);
+        assert_eq!(latest(None, Some(candle(1, 3))).unwrap().version(), 3);
     }
 
     #[test]

@@ -276,6 +276,9 @@ struct Caller {
 impl Gateway {
     /// Candles for a validated query (shared by REST and gRPC).
     pub async fn candles(&self, q: &CandleQuery) -> Result<Vec<Candle>, ApiError> {
+        if self.read.surely_unknown(&q.instrument) {
+            return Ok(Vec::new());
+        }
         let Some(span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
         let stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
         let previous = if q.fill == Fill::Previous && stored.first().is_none_or(|c| c.open_time() > span.first) {
@@ -289,8 +292,19 @@ impl Gateway {
     /// Klines for a validated query, with Binance's gap filling and `timeZone`.
     pub async fn klines(&self, q: &CandleQuery) -> Result<Vec<query::Bar>, ApiError> {
         let grid = q.grid();
-        let Some(span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
         let source = if grid.is_shifted() { query::source_interval(grid) } else { q.interval };
+        let Some(mut span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
+        if let Some(start) = q.start {
+            // As on Binance, a start before the first candle answers from the first candle on.
+            if self.read.last_before(&q.instrument, source, span.first).await?.is_none() {
+                let Some(first) = self.read.first_from(&q.instrument, source, start).await? else { return Ok(Vec::new()) };
+                if first.open_time() > span.first {
+                    let shifted = CandleQuery { start: Some(grid.start(first.open_time())), ..q.clone() };
+                    let Some(s) = shifted.span(self.clock.now()) else { return Ok(Vec::new()) };
+                    span = s;
+                }
+            }
+        }
         let end = grid.next(span.last).saturating_sub_micros(1);
         if let Some(len) = source.fixed_micros() {
             let n = (end.as_micros() - span.first.as_micros()) / len + 1;
@@ -314,11 +328,11 @@ impl Gateway {
     }
 
     async fn rest(&self, path: &str, pairs: Vec<(String, String)>, caller: &Caller) -> Result<String, ApiError> {
+        let query_key = pairs.iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.as_str());
+        let key = crate::limits::request_key(caller.x_api_key.as_deref(), caller.authorization.as_deref(), query_key);
+        self.guard.check(key, caller.address.map(|a| a.ip()))?;
         let route = route(path).ok_or_else(|| ApiError::NotFound(format!("no route {path}: see /api/openapi.json")))?;
         let p = params(route, pairs)?;
-        let key =
-            crate::limits::request_key(caller.x_api_key.as_deref(), caller.authorization.as_deref(), p.get("api_key").map(String::as_str));
-        self.guard.check(key, caller.address.map(|a| a.ip()))?;
         match route.path {
             "/api/v1/candles" => {
                 let q = CandleQuery {
@@ -333,7 +347,11 @@ impl Gateway {
                 query::check_order(q.start, q.end)?;
                 if q.fill == Fill::None {
                     // The common case: straight from the chunks' rendered JSON.
-                    let Some(span) = q.span(self.clock.now()) else { return Ok(r#"{"candles":[]}"#.to_owned()) };
+                    let empty = || Ok(r#"{"candles":[]}"#.to_owned());
+                    if self.read.surely_unknown(&q.instrument) {
+                        return empty();
+                    }
+                    let Some(span) = q.span(self.clock.now()) else { return empty() };
                     let mut body = String::with_capacity(64 * 1024);
                     body.push_str(r#"{"candles":["#);
                     self.read.range_json(&q.instrument, q.interval, span.first, span.last, &mut body).await?;
@@ -576,8 +594,11 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
                     Ok(text) => handle_client_message(&gw, &mut sub, text),
                     Err(()) => ws_json(serde_json::json!({"type": "error", "message": "binary messages are not understood: send JSON text"})),
                 };
-                if tx.send(reply).await.is_err() {
-                    break None;
+                // A client that sends but never reads must not hold this task forever.
+                match tokio::time::timeout(std::time::Duration::from_secs(10), tx.send(reply)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some("not reading: a reply waited 10 s".to_owned()),
                 }
             }
             pushed = sub.rx.recv() => {

@@ -306,6 +306,13 @@ fn reference_klines(
     let d = |x: Decimal| x.to_string_min_scale(8);
     let mut out = Vec::new();
     let mut last_close: Option<Decimal> = mine.iter().rfind(|t| t.event_time() < open).map(|t| t.price());
+    if last_close.is_none() {
+        // Binance answers from the first kline on when the start is before it.
+        match mine.iter().find(|t| t.event_time() >= open) {
+            Some(first) => open = interval.bucket_start_with_offset(first.event_time(), offset),
+            None => return Vec::new(),
+        }
+    }
     // Like Binance, no buckets after the one holding now.
     let now = wick_core::Clock::now(&SystemClock);
     for _ in 0..limit {
@@ -389,8 +396,16 @@ async fn every_tier_answers_like_the_database_and_the_reference() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     wait_stored(&env.db, &env.schema, trades.len(), 3).await;
-    // Let the last candle events reach the gateway's reader and the writer's cache follower.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The gateway has read everything, the writer has stored all it read, and Redis is as current
+    // as the database.
+    let cache_current =
+        format!("SELECT coalesce(bool_and(cache_next_offset = next_offset), false) FROM {}.writer_offsets WHERE topic = $1", env.schema);
+    wick_test_support::wait_until("the gateway, the database and Redis agree", Duration::from_secs(60), || async {
+        let redis = env.db.query_one(&cache_current, &[&env.candles]).await.map(|r| r.get::<_, bool>(0)).unwrap_or(false);
+        redis && full.metrics.live_lag.get() == 0 && full.metrics.unpersisted.get() == 0 && full.metrics.live_events.get() > 0
+    })
+    .await
+    .unwrap();
 
     let mut db_only = gateway_config(&env);
     db_only.l1.enabled = false;
@@ -516,6 +531,10 @@ async fn standard_clients_and_bad_requests() {
     let ours = get(&gw.http, &format!("/api/v3/klines?symbol=BTCUSDT&interval=1h&startTime={first_ms}&limit=24&timeZone=8")).await.json();
     assert_eq!(binance["klines"], ours);
     assert_eq!(ours.as_array().unwrap().len(), 24);
+    // From the epoch, as clients do to find a symbol's first kline: Binance answers from it.
+    let earliest = get(&gw.http, "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=0&limit=1").await.json();
+    let first_btc = trades.iter().filter(|t| t.instrument().as_str() == "BINANCE:BTC-USDT").map(|t| t.event_time()).min().unwrap();
+    assert_eq!(earliest[0][0], Interval::M1.bucket_start(first_btc).as_millis(), "{earliest}");
     let refused = python(vec![script("binance_klines.py"), gw.http.clone(), "NOPEUSDT".into(), "1h".into()]).await;
     assert_eq!((refused["status"].as_i64(), refused["error_code"].as_i64()), (Some(400), Some(-1121)), "{refused}");
     let refused = python(vec![script("binance_klines.py"), gw.http.clone(), "BTCUSDT".into(), "7m".into()]).await;
@@ -1024,7 +1043,9 @@ async fn the_live_chart_draws_candles_and_follows_new_trades() {
 /// (which gets a close frame saying why).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_health_metrics_and_stops_cleanly() {
-    let env = env().await;
+    let mut env = env().await;
+    env.db.batch_execute(&format!("SET search_path TO {}", env.schema)).await.unwrap();
+    wick_store::migrate(&mut env.db, &wick_store::TimescaleSettings::default()).await.unwrap();
     let port = |_: ()| wick_test_support::free_port().unwrap();
     let (http, grpc, ops) = (port(()), port(()), port(()));
     let child = Command::new(env!("CARGO_BIN_EXE_query-gateway"))
@@ -1032,7 +1053,10 @@ async fn the_binary_serves_health_metrics_and_stops_cleanly() {
         .env("WICK__GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
         .env("WICK__OPS__LISTEN", format!("127.0.0.1:{ops}"))
         .env("WICK__KAFKA__CANDLES_TOPIC", &env.candles)
+        .env("WICK__DATABASE__URL", wick_test_support::postgres_config())
         .env("WICK__DATABASE__SCHEMA", &env.schema)
+        .env("WICK__REDIS__URL", redis_url())
+        .env("WICK__KAFKA__BROKERS", wick_test_support::broker_address())
         .env("WICK__REDIS__KEY_PREFIX", &env.prefix)
         .env("RUST_LOG", "warn")
         .spawn()
@@ -1041,6 +1065,9 @@ async fn the_binary_serves_health_metrics_and_stops_cleanly() {
     wick_test_support::wait_ready(&format!("127.0.0.1:{ops}"), Duration::from_secs(60)).await.unwrap();
     let base = format!("http://127.0.0.1:{http}");
     assert_eq!(get(&base, "/api/v1/instruments").await.json(), serde_json::json!({"instruments": []}));
+    // The database answers (an instrument it never saw reads nothing, without a 503).
+    let r = get(&base, "/api/v1/candles?instrument=SIM:AAA-USD&interval=1m&end=1700000000000&limit=5&fill=previous").await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"candles":[]}"#));
     let page = get(&base, "/").await;
     assert!(page.body.contains("lightweight-charts.js") && page.header("content-type").unwrap().starts_with("text/html"));
     assert!(get(&base, "/static/lightweight-charts.js").await.body.len() > 100_000);
