@@ -8,6 +8,7 @@ pub mod partitioner;
 
 use std::time::Duration;
 
+use rskafka::client::error::ProtocolError;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
@@ -71,14 +72,26 @@ pub async fn ensure_topics(client: &Client, brokers: &str, topics: &[TopicSpec])
                     actual: t.partitions.len(),
                 })
             }
-            None => {
-                controller.create_topic(spec.name.clone(), spec.partitions, 1, 10_000).await.map_err(|source| KafkaError::CreateTopic {
-                    topic: spec.name.clone(),
-                    partitions: spec.partitions,
-                    source,
-                })?;
-                out.push((spec.name.clone(), TopicState::Created));
-            }
+            None => match controller.create_topic(spec.name.clone(), spec.partitions, 1, 10_000).await {
+                Ok(()) => out.push((spec.name.clone(), TopicState::Created)),
+                // Another instance starting at the same moment created it first: check it as an
+                // existing topic.
+                Err(rskafka::client::error::Error::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {
+                    let now =
+                        client.list_topics().await.map_err(|source| KafkaError::ListTopics { brokers: brokers.to_owned(), source })?;
+                    match now.iter().find(|t| t.name == spec.name) {
+                        Some(t) if t.partitions.len() as i32 != spec.partitions => {
+                            return Err(KafkaError::PartitionMismatch {
+                                topic: spec.name.clone(),
+                                expected: spec.partitions,
+                                actual: t.partitions.len(),
+                            })
+                        }
+                        _ => out.push((spec.name.clone(), TopicState::Existed)),
+                    }
+                }
+                Err(source) => return Err(KafkaError::CreateTopic { topic: spec.name.clone(), partitions: spec.partitions, source }),
+            },
         }
     }
     Ok(out)

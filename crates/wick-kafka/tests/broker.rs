@@ -104,3 +104,21 @@ async fn records_and_offsets_survive_a_broker_restart() {
     let offsets = wick_test_support::produce(&partition, [value(TOTAL)]).await;
     assert_eq!(offsets, vec![TOTAL]);
 }
+
+/// Instances of a service start together and each ensures the same topics: whoever loses the race
+/// to create one finds it created, and a partition count that differs is still refused.
+#[tokio::test]
+async fn instances_starting_together_all_see_the_topics() {
+    let (_process, client, address) = broker().await;
+    let name = wick_test_support::unique_name("race");
+    let spec = || vec![wick_kafka::TopicSpec { name: name.clone(), partitions: 3 }];
+    let specs: Vec<_> = (0..4).map(|_| spec()).collect();
+    let results = futures_util::future::join_all(specs.iter().map(|s| wick_kafka::ensure_topics(&client, &address, s))).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let created = results.iter().flat_map(|r| r.as_ref().unwrap()).filter(|(_, s)| *s == wick_kafka::TopicState::Created).count();
+    assert!(created <= 1, "{created} instances created the same topic");
+    let other = [wick_kafka::TopicSpec { name: name.clone(), partitions: 5 }];
+    assert!(wick_kafka::ensure_topics(&client, &address, &other).await.is_err());
+}

@@ -1,0 +1,333 @@
+//! The whole pipeline on the real stack: Binance trade files replayed by feed-publisher ->
+//! `market-events` -> ingest-aggregator -> `candles-completed` -> persistence-writer ->
+//! PostgreSQL and Redis -> query-gateway. Once with one instance of each service (single Redis),
+//! once scaled out (two aggregators, two writers, two gateways, the Redis cluster); every interval
+//! of every instrument is compared between the two deployments, with the exact reference over the
+//! trades, over REST and gRPC and in the database.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wick_core::{Candle, Instrument, Interval, SystemClock, TakerSide, Timestamp, Trade};
+use wick_service::duration::Duration as ConfigDuration;
+use wick_service::ops::Readiness;
+use wick_service::shutdown::{self, ShutdownTrigger};
+
+const MARKET_PARTITIONS: i32 = 16;
+const CANDLE_PARTITIONS: i32 = 4;
+
+/// The topics, schema and Redis of one deployment.
+struct Deployment {
+    market: String,
+    candles: String,
+    schema: String,
+    prefix: String,
+    redis_url: String,
+    db: tokio_postgres::Client,
+}
+
+async fn deployment(redis_url: String) -> Deployment {
+    let client = wick_test_support::kafka().await;
+    let market = wick_test_support::topic(&client, "e2e-market", MARKET_PARTITIONS).await;
+    let candles = wick_test_support::topic(&client, "e2e-candles", CANDLE_PARTITIONS).await;
+    let (db, schema) = wick_test_support::postgres_schema().await;
+    let prefix = wick_test_support::redis_prefix().trim_end_matches(':').to_owned();
+    Deployment { market, candles, schema, prefix, redis_url, db }
+}
+
+/// A service running in this process until stopped.
+struct Running {
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.trigger.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+fn aggregator(d: &Deployment, index: u32, count: u32) -> Running {
+    let mut c = ingest_aggregator::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.market_events_topic = d.market.clone();
+    c.kafka.market_events_partitions = MARKET_PARTITIONS;
+    c.kafka.candles_topic = d.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.dead_letter_topic = format!("{}-dlq", d.market);
+    c.instance.index = index;
+    c.instance.count = count;
+    c.consumer.auto_offset_reset = "earliest".into();
+    c.consumer.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.ring.wait_strategy = "blocking".into();
+    c.ring.num_consumers = 1;
+    c.checkpoint.database_url = wick_test_support::postgres_config();
+    c.checkpoint.schema = Some(d.schema.clone());
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let metrics = ingest_aggregator::metrics::Metrics::new();
+    let task = tokio::spawn(async move {
+        if let Err(e) = ingest_aggregator::run(c, metrics, Readiness::default(), Arc::new(SystemClock), stop).await {
+            panic!("ingest-aggregator failed: {e:#}");
+        }
+    });
+    Running { trigger, task }
+}
+
+fn writer(d: &Deployment, index: u32, count: u32) -> Running {
+    let mut c = persistence_writer::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.candles_topic = d.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.dead_letter_topic = format!("{}-dlq", d.candles);
+    c.kafka.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.instance.index = index;
+    c.instance.count = count;
+    c.database.url = wick_test_support::postgres_config();
+    c.database.schema = Some(d.schema.clone());
+    c.redis.url = d.redis_url.clone();
+    c.redis.key_prefix = d.prefix.clone();
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let metrics = persistence_writer::metrics::Metrics::new();
+    let task = tokio::spawn(async move {
+        if let Err(e) = persistence_writer::run(c, metrics, Readiness::default(), Arc::new(SystemClock), stop).await {
+            panic!("persistence-writer failed: {e:#}");
+        }
+    });
+    Running { trigger, task }
+}
+
+struct Gateway {
+    http: String,
+    grpc: String,
+    metrics: query_gateway::metrics::Metrics,
+    running: Running,
+}
+
+async fn gateway(d: &Deployment) -> Gateway {
+    let mut c = query_gateway::config::Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.candles_topic = d.candles.clone();
+    c.kafka.candles_partitions = CANDLE_PARTITIONS;
+    c.kafka.fetch_max_wait = ConfigDuration::from_millis(50);
+    c.database.url = wick_test_support::postgres_config();
+    c.database.schema = Some(d.schema.clone());
+    c.redis.url = d.redis_url.clone();
+    c.redis.key_prefix = d.prefix.clone();
+    c.live.prune_interval = ConfigDuration::from_millis(200);
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let metrics = query_gateway::metrics::Metrics::new();
+    let started = query_gateway::start(c, metrics.clone(), Readiness::default(), Arc::new(SystemClock), stop).await.unwrap();
+    let (http, grpc) = (format!("http://{}", started.http_addr), format!("http://{}", started.grpc_addr));
+    let task = tokio::spawn(started.stopped());
+    Gateway { http, grpc, metrics, running: Running { trigger, task } }
+}
+
+/// Deterministic Binance public-data trade files (`id,price,qty,quote_qty,time,is_buyer_maker,
+/// is_best_match`, millisecond times, no header) of two symbols over about a day and a half, and
+/// the trades they hold.
+fn trade_files(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<Trade>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut files = Vec::new();
+    let mut trades = Vec::new();
+    for (k, symbol) in ["BTCUSDT", "ETHUSDT"].iter().enumerate() {
+        let path = dir.join(format!("{symbol}-trades-2024-03-10.csv"));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let instrument = Instrument::new(&format!("BINANCE:{}-USDT", &symbol[..3])).unwrap();
+        let mut t = 1_710_028_800_000i64 + k as i64 * 7; // 2024-03-10
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ k as u64;
+        for id in 1..=3000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            t += 1 + (seed % 90_000) as i64;
+            let price = format!("{}.{:02}", 60_000 + (seed >> 20) % 900, (seed >> 30) % 100);
+            let qty = format!("0.{:05}", 1 + (seed >> 40) % 99_999);
+            let buyer_maker = (seed >> 50) % 2 == 0;
+            writeln!(out, "{id},{price},{qty},0,{t},{},True", if buyer_maker { "True" } else { "False" }).unwrap();
+            let at = Timestamp::from_millis(t).unwrap();
+            // The buyer is the maker: the taker sold.
+            let side = if buyer_maker { TakerSide::Sell } else { TakerSide::Buy };
+            trades.push(Trade::new(instrument.clone(), id, price.parse().unwrap(), qty.parse().unwrap(), side, at, at).unwrap());
+        }
+        files.push(path);
+    }
+    (files, trades)
+}
+
+/// `feed-publisher replay` of the files into `topic`, as the binary runs it.
+async fn replay(files: &[PathBuf], topic: &str) {
+    let mut c = feed_publisher::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.market_events_topic = topic.to_owned();
+    c.kafka.dead_letter_topic = format!("{topic}-dlq");
+    let clock: Arc<dyn wick_core::Clock> = Arc::new(SystemClock);
+    let client = feed_publisher::run::connect(&c).await.unwrap();
+    let producer = feed_publisher::run::start_producer(&c, client, feed_publisher::metrics::Metrics::new(), clock.clone()).await.unwrap();
+    let (_trigger, stop) = shutdown::channel();
+    let summary = feed_publisher::run::replay(&producer, files, None, None, clock, &stop).await.unwrap();
+    let (summary, _) = feed_publisher::run::finish(producer, summary).await.unwrap();
+    assert_eq!(summary.published, 6000, "{summary}");
+}
+
+fn reference(trades: &[Trade]) -> BTreeMap<(String, Interval, i64), Candle> {
+    let mut out: BTreeMap<(String, Interval, i64), Candle> = BTreeMap::new();
+    for t in trades {
+        for interval in Interval::ALL {
+            let key = (t.instrument().to_string(), interval, interval.bucket_start(t.event_time()).as_millis());
+            match out.get_mut(&key) {
+                Some(c) => c.apply(t).unwrap(),
+                None => {
+                    out.insert(key, Candle::from_trade(interval, t).unwrap());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the database holds every trade in every interval, Redis is as current as the
+/// database, and the gateways have read everything and hold nothing unstored.
+async fn settle(d: &Deployment, trades: usize, gateways: &[&Gateway]) {
+    let counts = format!("SELECT interval, sum(trade_count)::int8 FROM {}.candles GROUP BY interval", d.schema);
+    let cache = format!(
+        "SELECT count(*) > 0 AND coalesce(bool_and(cache_next_offset = next_offset), false) FROM {}.writer_offsets WHERE topic = $1",
+        d.schema
+    );
+    wick_test_support::wait_until("the deployment has settled", Duration::from_secs(240), || async {
+        let stored =
+            d.db.query(&counts, &[]).await.map(|rows| rows.len() == 16 && rows.iter().all(|r| r.get::<_, i64>(1) == trades as i64));
+        let cached = d.db.query_one(&cache, &[&d.candles]).await.map(|r| r.get::<_, bool>(0));
+        stored.unwrap_or(false)
+            && cached.unwrap_or(false)
+            && gateways.iter().all(|g| g.metrics.live_lag.get() == 0 && g.metrics.unpersisted.get() == 0 && g.metrics.live_events.get() > 0)
+    })
+    .await
+    .unwrap();
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl").args(["-s", "-S", "--fail", "--max-time", "20", url]).output().expect("curl runs");
+    assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every stored candle, as the server prints it.
+async fn rows(d: &Deployment) -> Vec<String> {
+    let sql = format!(
+        "SELECT concat_ws(' ', instrument, interval, open_time, open, high, low, close, volume, quote_volume, taker_buy_volume, \
+         taker_buy_quote_volume, trade_count, first_trade_id, last_trade_id, closed, version) FROM {}.candles \
+         ORDER BY instrument, interval, open_time",
+        d.schema
+    );
+    d.db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
+    let dir = std::env::temp_dir().join(wick_test_support::unique_name("wick-e2e"));
+    let (files, trades) = trade_files(&dir);
+    let want = reference(&trades);
+
+    let single = deployment(format!("redis://{}", wick_test_support::redis_address())).await;
+    let scaled = deployment("redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002&node=127.0.0.1:7003".into()).await;
+    let one = gateway(&single).await;
+    let (two_a, two_b) = (gateway(&scaled).await, gateway(&scaled).await);
+    let mut services = vec![aggregator(&single, 0, 1), writer(&single, 0, 1)];
+    for index in 0..2 {
+        services.push(aggregator(&scaled, index, 2));
+        services.push(writer(&scaled, index, 2));
+    }
+    replay(&files, &single.market).await;
+    replay(&files, &scaled.market).await;
+    settle(&single, trades.len(), &[&one]).await;
+    settle(&scaled, trades.len(), &[&two_a, &two_b]).await;
+
+    // The databases agree row for row.
+    let (stored_one, stored_two) = (rows(&single).await, rows(&scaled).await);
+    assert!(stored_one.len() > 10_000, "{} rows", stored_one.len());
+    assert_eq!(stored_one, stored_two, "one of each and two of each stored different candles");
+
+    // Every interval of both instruments, over REST from the three gateways and gRPC from one.
+    let first_ms = trades.iter().map(|t| t.event_time().as_millis()).min().unwrap();
+    let mut grpc = query_gateway::grpc::proto::candle_service_client::CandleServiceClient::connect(two_b.grpc.clone()).await.unwrap();
+    let mut compared = 0;
+    for name in ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT"] {
+        for interval in Interval::ALL {
+            let path = format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&limit=1000");
+            let body = curl(&format!("{}{path}", one.http));
+            assert_eq!(curl(&format!("{}{path}", two_a.http)), body, "{path}");
+            assert_eq!(curl(&format!("{}{path}", two_b.http)), body, "{path}");
+            let reply = grpc
+                .get_candles(query_gateway::grpc::proto::GetCandlesRequest {
+                    instrument: name.into(),
+                    interval: interval.as_str().into(),
+                    start_time_ms: Some(first_ms),
+                    end_time_ms: None,
+                    limit: 1000,
+                    fill: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let as_json: Vec<String> =
+                reply.candles.iter().map(|c| query_gateway::json::candle(&wick_wire::candle_from_wire(c).unwrap())).collect();
+            assert_eq!(format!(r#"{{"candles":[{}]}}"#, as_json.join(",")), body, "gRPC {name} {interval}");
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for c in parsed["candles"].as_array().unwrap() {
+                let key = (name.to_owned(), interval, c["open_time"].as_i64().unwrap());
+                let reference = want.get(&key).unwrap_or_else(|| panic!("a candle the trades do not make: {c}"));
+                assert_eq!(c["trade_count"], reference.trade_count(), "{c}");
+                for (field, value) in [
+                    ("open", reference.open()),
+                    ("high", reference.high()),
+                    ("low", reference.low()),
+                    ("close", reference.close()),
+                    ("volume", reference.volume()),
+                    ("quote_volume", reference.quote_volume()),
+                    ("taker_buy_volume", reference.taker_buy_volume()),
+                    ("taker_buy_quote_volume", reference.taker_buy_quote_volume()),
+                ] {
+                    assert_eq!(c[field].as_str().unwrap(), value.to_string(), "{field} of {c}");
+                }
+                compared += 1;
+            }
+        }
+    }
+    // 1000 buckets of each interval from the first opening at or after `start`: every one with
+    // trades was served.
+    let expected: usize = want
+        .iter()
+        .filter(|((_, interval, open), _)| {
+            let start = Timestamp::from_millis(first_ms).unwrap();
+            let mut first = interval.bucket_start(start);
+            if first < start {
+                first = interval.next_open(first);
+            }
+            let first = first.as_millis();
+            let mut t = Timestamp::from_millis(first).unwrap();
+            for _ in 0..999 {
+                t = interval.next_open(t);
+            }
+            *open >= first && *open <= t.as_millis()
+        })
+        .count();
+    assert_eq!(compared, expected, "every traded bucket in range was served");
+
+    for s in services {
+        s.stop().await;
+    }
+    for g in [one, two_a, two_b] {
+        g.running.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
