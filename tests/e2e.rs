@@ -3,7 +3,7 @@
 //! PostgreSQL and Redis -> query-gateway. Once with one instance of each service (single Redis),
 //! once scaled out (two aggregators, two writers, two gateways, the Redis cluster); every interval
 //! of every instrument is compared between the two deployments, with the exact reference over the
-//! trades, over REST and gRPC and in the database.
+//! trades, over REST, gRPC and WebSocket and in the database.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use wick_core::{Candle, Instrument, Interval, SystemClock, TakerSide, Timestamp, Trade};
 use wick_service::duration::Duration as ConfigDuration;
 use wick_service::ops::Readiness;
@@ -123,6 +124,8 @@ async fn gateway(d: &Deployment) -> Gateway {
     c.redis.url = d.redis_url.clone();
     c.redis.key_prefix = d.prefix.clone();
     c.live.prune_interval = ConfigDuration::from_millis(200);
+    // The WebSocket client of the test stores every push; the whole replay may queue up.
+    c.live.client_buffer = 1_000_000;
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     let (trigger, stop) = shutdown::channel();
     let metrics = query_gateway::metrics::Metrics::new();
@@ -247,10 +250,59 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
         services.push(aggregator(&scaled, index, 2));
         services.push(writer(&scaled, index, 2));
     }
+    // A WebSocket client of one scaled-out gateway follows every interval of both instruments.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws", two_a.http.replace("http://", "ws://"))).await.unwrap();
+    for name in ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT"] {
+        for interval in Interval::ALL {
+            let subscribe = serde_json::json!({"op": "subscribe", "instrument": name, "interval": interval.as_str()});
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.to_string().into())).await.unwrap();
+        }
+    }
+    let (stop_reading, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut texts = Vec::new();
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => texts.push(t.to_string()),
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+                _ = &mut stopped => break,
+            }
+        }
+        texts
+    });
+
     replay(&files, &single.market).await;
     replay(&files, &scaled.market).await;
     settle(&single, trades.len(), &[&one]).await;
     settle(&scaled, trades.len(), &[&two_a, &two_b]).await;
+    // Settled means read; give the last pushes a moment to cross the socket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_reading.send(());
+    let pushed_texts = reader.await.unwrap();
+    let mut pushed: BTreeMap<(String, String, i64), serde_json::Value> = BTreeMap::new();
+    let mut subscribed = 0;
+    for text in &pushed_texts {
+        let m: serde_json::Value = serde_json::from_str(text).unwrap();
+        match m["type"].as_str() {
+            Some("subscribed") => subscribed += 1,
+            Some("candle") => {
+                let c = &m["candle"];
+                let key = (
+                    c["instrument"].as_str().unwrap().to_owned(),
+                    c["interval"].as_str().unwrap().to_owned(),
+                    c["open_time"].as_i64().unwrap(),
+                );
+                if pushed.get(&key).is_none_or(|held| held["version"].as_u64() < c["version"].as_u64()) {
+                    pushed.insert(key, c.clone());
+                }
+            }
+            other => panic!("unexpected message {other:?}: {text}"),
+        }
+    }
+    assert_eq!(subscribed, 32);
 
     // The databases agree row for row.
     let (stored_one, stored_two) = (rows(&single).await, rows(&scaled).await);
@@ -284,6 +336,9 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
             assert_eq!(format!(r#"{{"candles":[{}]}}"#, as_json.join(",")), body, "gRPC {name} {interval}");
             let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
             for c in parsed["candles"].as_array().unwrap() {
+                // The newest version pushed over the WebSocket is the one served.
+                let pushed_key = (name.to_owned(), interval.as_str().to_owned(), c["open_time"].as_i64().unwrap());
+                assert_eq!(pushed.get(&pushed_key), Some(c), "WebSocket pushes for {pushed_key:?}");
                 let key = (name.to_owned(), interval, c["open_time"].as_i64().unwrap());
                 let reference = want.get(&key).unwrap_or_else(|| panic!("a candle the trades do not make: {c}"));
                 assert_eq!(c["trade_count"], reference.trade_count(), "{c}");
