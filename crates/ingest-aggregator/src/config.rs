@@ -243,14 +243,12 @@ impl Validate for Config {
         if a.tick.get().is_zero() {
             problems.push("aggregation.tick must be above 0".into());
         }
-        if let Err(e) = self.checkpoint.database_url.parse::<tokio_postgres::Config>() {
-            problems.push(format!("checkpoint.database_url is not a PostgreSQL connection string: {e}"));
-        }
-        if let Some(schema) = &self.checkpoint.schema {
-            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                problems.push(format!("checkpoint.schema must be a plain identifier (got {schema:?})"));
-            }
-        }
+        problems.extend(wick_store::connection_problems(
+            "checkpoint.database_url",
+            &self.checkpoint.database_url,
+            "checkpoint.schema",
+            self.checkpoint.schema.as_deref(),
+        ));
         if self.checkpoint.interval.get().is_zero() {
             problems.push("checkpoint.interval must be above 0".into());
         }

@@ -140,10 +140,6 @@ impl Default for RedisConfig {
     }
 }
 
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
-}
-
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -169,16 +165,14 @@ impl Validate for Config {
         if self.database.min_backoff > self.database.max_backoff {
             problems.push("database.min_backoff must not exceed database.max_backoff".into());
         }
-        if let Some(schema) = &self.database.schema {
-            if !is_identifier(schema) {
-                problems.push(format!("database.schema must be a plain identifier (got {schema:?})"));
-            }
-        }
-        if let Err(e) = self.database.url.parse::<tokio_postgres::Config>() {
-            problems.push(format!("database.url is not a PostgreSQL connection string: {e}"));
-        }
-        if self.redis.enabled && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("redis-cluster://")) {
-            problems.push(format!("redis.url must start with redis:// or redis-cluster:// (got {:?})", self.redis.url));
+        problems.extend(wick_store::connection_problems(
+            "database.url",
+            &self.database.url,
+            "database.schema",
+            self.database.schema.as_deref(),
+        ));
+        if self.redis.enabled {
+            problems.extend(wick_cache::url_problem("redis.url", &self.redis.url));
         }
         if self.redis.ttl.get().as_secs() == 0 {
             problems.push("redis.ttl must be at least 1s".into());

@@ -231,10 +231,6 @@ impl Default for BinanceConfig {
     }
 }
 
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
-}
-
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -250,16 +246,14 @@ impl Validate for Config {
         if self.database.pool_size == 0 {
             problems.push("database.pool_size must be at least 1".into());
         }
-        if let Some(schema) = &self.database.schema {
-            if !is_identifier(schema) {
-                problems.push(format!("database.schema must be a plain identifier (got {schema:?})"));
-            }
-        }
-        if let Err(e) = self.database.url.parse::<tokio_postgres::Config>() {
-            problems.push(format!("database.url is not a PostgreSQL connection string: {e}"));
-        }
-        if self.redis.enabled && !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("redis-cluster://")) {
-            problems.push(format!("redis.url must start with redis:// or redis-cluster:// (got {:?})", self.redis.url));
+        problems.extend(wick_store::connection_problems(
+            "database.url",
+            &self.database.url,
+            "database.schema",
+            self.database.schema.as_deref(),
+        ));
+        if self.redis.enabled {
+            problems.extend(wick_cache::url_problem("redis.url", &self.redis.url));
         }
         if self.l1.enabled && (self.l1.max_entries == 0 || self.l1.max_candles < 1000) {
             problems.push("l1.max_entries must be at least 1 and l1.max_candles at least 1000".into());

@@ -93,6 +93,12 @@ if ARGV[1] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 ";
 
+/// What is wrong with a Redis URL setting (`key` holding `url`), if anything.
+pub fn url_problem(key: &str, url: &str) -> Option<String> {
+    (!(url.starts_with("redis://") || url.starts_with("redis-cluster://")))
+        .then(|| format!("{key} must start with redis:// or redis-cluster:// (got {url:?})"))
+}
+
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {

@@ -43,6 +43,21 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What is wrong with a database setting (`url_key` holding `url`, `schema_key` holding
+/// `schema`), for the services' configuration checks; empty when nothing is.
+pub fn connection_problems(url_key: &str, url: &str, schema_key: &str, schema: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = url.parse::<tokio_postgres::Config>() {
+        problems.push(format!("{url_key} is not a PostgreSQL connection string: {e}"));
+    }
+    let identifier =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit());
+    if let Some(schema) = schema.filter(|s| !identifier(s)) {
+        problems.push(format!("{schema_key} must be a plain identifier (got {schema:?})"));
+    }
+    problems
+}
+
 /// A connection pool to `url`, with `schema` (if any) on every connection's search path.
 /// Connections that broke (a database restart) are replaced when next taken.
 pub fn pool(url: &str, schema: Option<&str>, max_size: usize) -> Result<deadpool_postgres::Pool, StoreError> {
@@ -481,6 +496,16 @@ pub async fn load_offsets(client: &Client, topic: &str) -> Result<Vec<(i32, i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_settings_are_checked() {
+        assert!(
+            connection_problems("database.url", "postgres://postgres@127.0.0.1:5432/wick", "database.schema", Some("wick_1")).is_empty()
+        );
+        let problems = connection_problems("database.url", "host=127.0.0.1 port=notaport", "database.schema", Some("1; DROP"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].starts_with("database.schema must be a plain identifier"));
+    }
 
     #[test]
     fn partitions_cover_whole_months() {
