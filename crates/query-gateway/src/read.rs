@@ -485,7 +485,7 @@ impl ReadPath {
                 Some(b) => db.query(sql, &[&name, &iv, &a, &b]).await,
                 None => db.query(sql, &[&name, &iv, &a]).await,
             };
-            rows.map_err(|e| e.to_string())
+            rows.map_err(|e| wick_store::db_message(&e))
         };
         let rows = match tokio::time::timeout(self.db_timeout, run).await {
             Ok(Ok(rows)) => rows,
@@ -546,7 +546,8 @@ impl ReadPath {
     /// Loads the instruments that have candles (monthly candles: one row per instrument and month).
     pub async fn load_instruments(&self) -> Result<usize, String> {
         let db = self.db.get().await.map_err(|e| e.to_string())?;
-        let rows = db.query("SELECT DISTINCT instrument FROM candles WHERE interval = '1M'", &[]).await.map_err(|e| e.to_string())?;
+        let rows =
+            db.query("SELECT DISTINCT instrument FROM candles WHERE interval = '1M'", &[]).await.map_err(|e| wick_store::db_message(&e))?;
         let mut set = self.instruments.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             if let Ok(i) = Instrument::new(row.get::<_, &str>(0)) {

@@ -386,6 +386,14 @@ async fn every_tier_answers_like_the_database_and_the_reference() {
     let aggregator = start_aggregator(&env);
     let writer = start_writer(writer_config(&env));
     produce_trades(&env.market, &trades).await;
+    // Until the writer has created its tables the database cannot answer (503): serve while
+    // candles arrive, not before the schema exists.
+    let tables = format!("SELECT to_regclass('{}.candles') IS NOT NULL", env.schema);
+    wick_test_support::wait_until("the writer created its tables", Duration::from_secs(60), || async {
+        env.db.query_one(&tables, &[]).await.map(|r| r.get::<_, bool>(0)).unwrap_or(false)
+    })
+    .await
+    .unwrap();
     let btc = "BINANCE:BTC-USDT";
     let last_ms = trades.iter().map(|t| t.event_time().as_millis()).max().unwrap();
     for _ in 0..5 {

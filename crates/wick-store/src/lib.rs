@@ -36,7 +36,7 @@ pub enum StoreError {
 }
 
 /// The server's own message (and SQLSTATE) when there is one: tokio-postgres prints only "db error".
-fn db_message(e: &tokio_postgres::Error) -> String {
+pub fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
