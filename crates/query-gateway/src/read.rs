@@ -543,11 +543,10 @@ impl ReadPath {
         self.instruments.read().unwrap_or_else(|e| e.into_inner()).contains(instrument)
     }
 
-    /// Loads the instruments that have candles (monthly candles: one row per instrument and month).
+    /// Loads the instruments that have candles, whatever intervals are stored.
     pub async fn load_instruments(&self) -> Result<usize, String> {
         let db = self.db.get().await.map_err(|e| e.to_string())?;
-        let rows =
-            db.query("SELECT DISTINCT instrument FROM candles WHERE interval = '1M'", &[]).await.map_err(|e| wick_store::db_message(&e))?;
+        let rows = db.query(INSTRUMENTS_SQL, &[]).await.map_err(|e| wick_store::db_message(&e))?;
         let mut set = self.instruments.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             if let Ok(i) = Instrument::new(row.get::<_, &str>(0)) {
@@ -558,6 +557,15 @@ impl ReadPath {
         Ok(set.len())
     }
 }
+
+/// The distinct instruments with candles, by skipping through the primary key (instrument,
+/// interval, open time) one instrument at a time: a probe per instrument, not a scan of the table.
+const INSTRUMENTS_SQL: &str = "WITH RECURSIVE i AS ( \
+       (SELECT instrument FROM candles ORDER BY instrument LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT c.instrument FROM candles c WHERE c.instrument > i.instrument ORDER BY c.instrument LIMIT 1) \
+       FROM i WHERE i.instrument IS NOT NULL) \
+     SELECT instrument FROM i WHERE instrument IS NOT NULL";
 
 /// The later-opening of two candles, the newer version when they open together.
 fn latest(a: Option<Candle>, b: Option<Candle>) -> Option<Candle> {
