@@ -256,7 +256,13 @@ pub fn partition_sql(year: i64, month: i64) -> String {
 /// Creates the monthly partitions of `months` (plain PostgreSQL only).
 pub async fn ensure_partitions(client: &impl GenericClient, months: &BTreeSet<(i64, i64)>) -> Result<(), StoreError> {
     for (y, m) in months {
-        client.batch_execute(&partition_sql(*y, *m)).await?;
+        match client.batch_execute(&partition_sql(*y, *m)).await {
+            Ok(()) => {}
+            // `IF NOT EXISTS` is not safe against a concurrent creator: writers starting together
+            // race for the same month, and the loser finds the partition there, as it wanted.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_TABLE) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
