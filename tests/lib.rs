@@ -1,1 +1,2 @@
-//! The end-to-end suites live in `e2e.rs` (a test target of this package); this library is empty.
+//! The end-to-end suites live in `e2e.rs` and the fault-injection drills in `faults.rs` (test
+//! targets of this package); this library is empty.

@@ -20,7 +20,7 @@ const RING_IMPLS: [(&str, &str); 6] = [
     ("std_sync_channel", "`std::sync::mpsc::sync_channel`"),
 ];
 
-const SECTIONS: [&str; 7] = ["aggregate", "ring", "broker", "feed", "store", "ingest", "gateway"];
+const SECTIONS: [&str; 8] = ["aggregate", "ring", "broker", "feed", "store", "ingest", "gateway", "system"];
 
 pub fn run_bench(args: &[String]) -> Result<()> {
     // `--report` rewrites the document from the last results without measuring; naming sections
@@ -34,7 +34,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     let root = root();
     let criterion = root.join("target/criterion");
     if !report_only {
-        for group in sections.iter().filter(|s| !matches!(**s, "feed" | "gateway")) {
+        for group in sections.iter().filter(|s| !matches!(**s, "feed" | "gateway" | "system")) {
             let _ = fs::remove_dir_all(criterion.join(group));
         }
         for section in &sections {
@@ -45,6 +45,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
                 "store" => run(cargo().args(["bench", "-p", "wick-store", "--bench", "upsert"]))?,
                 "ingest" => run(cargo().args(["bench", "-p", "ingest-aggregator", "--bench", "ingest"]))?,
                 "gateway" => crate::bench_gateway::measure()?,
+                "system" => crate::bench_system::measure()?,
                 _ => crate::bench_feed::measure()?,
             }
         }
@@ -68,6 +69,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     store_section(&mut md, &criterion)?;
     ingest_section(&mut md)?;
     crate::bench_gateway::section(&mut md)?;
+    crate::bench_system::section(&mut md)?;
     let path = root.join("docs/BENCHMARKS.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -370,6 +372,7 @@ fn goals_section(md: &mut String, criterion: &Path) -> Result<()> {
     writeln!(md, "| ingest-aggregator >= 300k trades/s to acknowledged output | {rate:.0} | {} |", verdict(rate >= 300_000.0))?;
     writeln!(md, "| ingest-aggregator >= 0.8x a bare fetch-and-decode loop | {:.2}x | {} |", rate / bare, verdict(rate / bare >= 0.8))?;
     crate::bench_gateway::goals(md)?;
+    crate::bench_system::goals(md)?;
     writeln!(md)?;
     writeln!(md, "What limits the misses (read with the tables below):\n")?;
     writeln!(

@@ -1,12 +1,14 @@
 //! Repository chores, run as `cargo xtask <command>`: `demo` (the main job), `ci` (what `.ci/run`
-//! runs), `stack`, `migrate` and `bench` (writes `docs/BENCHMARKS.md`).
+//! runs), `stack`, `migrate`, `faults` and `bench` (writes `docs/BENCHMARKS.md`).
 
 mod bench;
 mod bench_feed;
 mod bench_gateway;
+mod bench_system;
 mod ci;
 mod demo;
 mod deploy_check;
+mod faults;
 mod stack;
 mod util;
 
@@ -20,7 +22,8 @@ Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
-  bench   [--report | aggregate ring broker feed store ingest gateway]: run the benchmarks, write docs/BENCHMARKS.md
+  bench   [--report | aggregate ring broker feed store ingest gateway system]: run the benchmarks, write docs/BENCHMARKS.md
+  faults  [ROUNDS [TRADES]]: the fault-injection drills, larger than in CI, with their summary table
   deploy-check  validate deploy/ offline: Helm charts, Kubernetes schemas, alert rules, dashboard, compose, metric names
 ";
 
@@ -32,6 +35,7 @@ fn main() -> Result<()> {
         Some("migrate") => stack::migrate(),
         Some("bench") => bench::run_bench(&args[1..]),
         Some("demo") => demo::run_demo(&args[1..]),
+        Some("faults") => faults::run_faults(&args[1..]),
         Some("deploy-check") => deploy_check::run_deploy_check(),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");

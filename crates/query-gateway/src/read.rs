@@ -228,14 +228,27 @@ impl Unpersisted {
 /// The L2 tier with its circuit breaker.
 #[derive(Debug)]
 pub struct L2 {
-    pub cache: L2Cache,
+    cache: Mutex<L2Cache>,
     command_timeout: Duration,
     breaker: Mutex<Breaker>,
+    /// Since when every L2 command has failed; the client is rebuilt after 15 s of it (see
+    /// `L2Cache::reconnect`).
+    failing_since: Mutex<Option<Instant>>,
 }
 
 impl L2 {
     pub fn new(cache: L2Cache, command_timeout: Duration) -> L2 {
-        L2 { cache, command_timeout, breaker: Mutex::new(Breaker::new(Duration::from_millis(250), Duration::from_secs(10))) }
+        L2 {
+            cache: Mutex::new(cache),
+            command_timeout,
+            breaker: Mutex::new(Breaker::new(Duration::from_millis(250), Duration::from_secs(10))),
+            failing_since: Mutex::new(None),
+        }
+    }
+
+    /// The current client (cheap: a handle).
+    pub fn cache(&self) -> L2Cache {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn allows(&self) -> bool {
@@ -244,11 +257,21 @@ impl L2 {
 
     fn record(&self, ok: bool, metrics: &Metrics) {
         let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failing_since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
         if ok {
             breaker.success();
+            *failing_since = None;
         } else {
             breaker.failure(Instant::now());
             metrics.l2_errors.inc();
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(15) {
+                tracing::warn!(failing_for = ?since.elapsed(), "L2 cache reads keep failing: rebuilding the Redis client");
+                if let Err(e) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).reconnect() {
+                    tracing::error!(error = %e, "rebuilding the Redis client failed");
+                }
+                *failing_since = Some(Instant::now());
+            }
         }
         metrics.l2_breaker_open.set(i64::from(breaker.is_open()));
     }
@@ -436,7 +459,7 @@ impl ReadPath {
 
     async fn read_whole(&self, key: &ChunkKey) -> Result<Chunk, ApiError> {
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.allows()) {
-            match l2.cache.chunk(&key.instrument, key.interval, key.chunk).await {
+            match l2.cache().chunk(&key.instrument, key.interval, key.chunk).await {
                 Ok((true, candles)) => {
                     l2.record(true, &self.metrics);
                     self.metrics.l2_hits.inc();
@@ -463,8 +486,8 @@ impl ReadPath {
             let (key, candles, metrics) = (key.clone(), candles.clone(), self.metrics.clone());
             tokio::spawn(async move {
                 let filled = async {
-                    l2.cache.upsert(&candles).await?;
-                    l2.cache.mark_complete(&key.instrument, key.interval, key.chunk).await
+                    l2.cache().upsert(&candles).await?;
+                    l2.cache().mark_complete(&key.instrument, key.interval, key.chunk).await
                 };
                 let ok = filled.await.is_ok();
                 l2.record(ok, &metrics);

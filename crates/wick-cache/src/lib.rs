@@ -118,6 +118,7 @@ pub struct L2Cache {
     client: Client,
     prefix: String,
     ttl_secs: u64,
+    settings: CacheSettings,
 }
 
 impl std::fmt::Debug for L2Cache {
@@ -144,7 +145,20 @@ impl L2Cache {
             .build()
             .map_err(|source| CacheError::Config { url: settings.url.clone(), source })?;
         client.connect();
-        Ok(L2Cache { client, prefix: settings.prefix.clone(), ttl_secs: settings.ttl.as_secs().max(1) })
+        Ok(L2Cache { client, prefix: settings.prefix.clone(), ttl_secs: settings.ttl.as_secs().max(1), settings: settings.clone() })
+    }
+
+    /// Replaces the client with a new one from the same settings, and lets the old one go. For a
+    /// caller whose commands have failed for long after Redis came back: fred 10's cluster
+    /// client was seen (by the fault-injection drills) to time out every command for minutes
+    /// after a node restart, while a new client worked at once.
+    pub fn reconnect(&mut self) -> Result<(), CacheError> {
+        let fresh = L2Cache::connect(&self.settings)?;
+        let old = std::mem::replace(self, fresh);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.client.quit()).await;
+        });
+        Ok(())
     }
 
     /// Waits until the first connection is up (for tests and start-up logs).

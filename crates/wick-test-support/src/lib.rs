@@ -538,3 +538,98 @@ impl Drop for ServiceProcess {
         }
     }
 }
+
+/// A single Redis server of the test's own on a free port (nothing kept on disk), that a test
+/// can stop and start again on the same port.
+#[derive(Debug)]
+pub struct RedisProcess {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub fn start() -> Result<RedisProcess> {
+        let dir = std::env::temp_dir().join(unique_name("wick-redis"));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = RedisProcess { dir, port: free_port()?, child: None };
+        redis.start_again()?;
+        Ok(redis)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): its keys are gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on the same port (empty).
+    pub fn start_again(&mut self) -> Result<()> {
+        let log = self.dir.join("redis.log");
+        let mut child = Command::new("redis-server")
+            .current_dir(&self.dir)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (install redis-server, or run `cargo xtask stack up`)")?;
+        wait_for_port(self.port, "redis-server", &mut child, &log)?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The path of the workspace binary `name` (`feed-publisher`, `ingest-aggregator`,
+/// `persistence-writer`, `query-gateway`), built first with `cargo build` for the profile and
+/// target directory the calling test was built with, so that a test of another package never
+/// runs a stale or missing binary. Builds once per test process.
+pub fn service_binary(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.is_none() {
+        // A test executable lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe()?;
+        let profile_dir = exe.parent().and_then(Path::parent).context("the test executable is not in <target>/<profile>/deps")?;
+        let target_dir = profile_dir.parent().context("no target directory")?;
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--quiet"]).env("CARGO_TARGET_DIR", target_dir).current_dir(env!("CARGO_MANIFEST_DIR"));
+        for package in ["feed-publisher", "ingest-aggregator", "persistence-writer", "query-gateway"] {
+            cargo.args(["-p", package, "--bin", package]);
+        }
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                cargo.arg("--release");
+            }
+            Some(other) => {
+                cargo.args(["--profile", other]);
+            }
+            None => bail!("no profile directory in {}", exe.display()),
+        }
+        let status = cargo.status().context("running cargo build for the service binaries")?;
+        if !status.success() {
+            bail!("cargo build of the service binaries failed: {status}");
+        }
+        *built = Some(profile_dir.to_path_buf());
+    }
+    let path = built.as_ref().map(|dir| dir.join(name)).context("not built")?;
+    if !path.is_file() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}

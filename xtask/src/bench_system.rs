@@ -1,0 +1,152 @@
+//! The whole-system benchmark (`cargo xtask bench system`): every service as its release binary
+//! on this machine against the stack; the measuring program is `tests/examples/system_bench.rs`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::util::{cargo, root, run};
+
+fn results_path() -> PathBuf {
+    root().join("target/wick-bench/system.json")
+}
+
+pub fn measure() -> Result<()> {
+    if !crate::stack::broker_answers() {
+        anyhow::bail!("the local stack is not up: run `cargo xtask stack up` first");
+    }
+    let path = results_path();
+    run(cargo().args(["run", "--release", "-p", "wick-e2e", "--example", "system_bench", "--"]).arg(&path))
+}
+
+fn results() -> Option<Value> {
+    serde_json::from_str(&fs::read_to_string(results_path()).ok()?).ok()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Rows for the goals table.
+pub fn goals(md: &mut String) -> Result<()> {
+    let Some(r) = results() else { return Ok(()) };
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let rate = f(&r["throughput"]["trades_per_second"]);
+    writeln!(md, "| whole system: >= 200k trades/s from feed to database | {rate:.0} trades/s | {} |", verdict(rate >= 200_000.0))?;
+    let l = &r["latency"];
+    let p99 = f(&l["p99_ms"]);
+    writeln!(
+        md,
+        "| whole system: trade-to-WebSocket-push p99 <= 10 ms at {} trades/s | p99 {p99:.1} ms at {:.0} trades/s | {} |",
+        l["rate"],
+        f(&l["achieved_rate"]),
+        verdict(p99 <= 10.0 && f(&l["achieved_rate"]) >= 0.95 * f(&l["rate"]))
+    )?;
+    let q = &r["naive"]["queries"]["1d"];
+    let ratio = f(&q["naive_p99_ms"]) / f(&q["wick_p99_ms"]);
+    writeln!(
+        md,
+        "| whole system: 1-day candles over 30 days >= 100x faster (p99) than the naive path | {ratio:.0}x | {} |",
+        verdict(ratio >= 100.0)
+    )?;
+    Ok(())
+}
+
+pub fn section(md: &mut String) -> Result<()> {
+    writeln!(md, "## Whole system\n")?;
+    let Some(r) = results() else {
+        writeln!(md, "Not measured yet: run `cargo xtask bench system`.\n")?;
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "Command: `cargo xtask bench system` (the program is `tests/examples/system_bench.rs`). Every service runs as its release binary \
+         on this machine ({} cores), against the stack's tansu broker (SQLite engine), PostgreSQL and Redis, with default settings unless \
+         said otherwise; the broker, the database and the measuring program share the same cores.\n",
+        r["cores"]
+    )?;
+    let t = &r["throughput"];
+    writeln!(md, "### Sustained throughput, feed to database\n")?;
+    writeln!(
+        md,
+        "`feed-publisher replay` (compression off: this broker takes uncompressed batches far faster, see Replay above) of {} Binance \
+         trade files, {} trades in all (about 50 trades/s per instrument of exchange time), into a fresh deployment; timed from the \
+         replay's start until PostgreSQL holds every trade in all 16 intervals ({} candle rows). CPU is every process on the machine \
+         (`/proc/stat`: services, broker, PostgreSQL, Redis, the measuring program) over that span.\n",
+        t["instruments"], t["trades"], t["candles"]
+    )?;
+    writeln!(md, "| measure | value |")?;
+    writeln!(md, "|---|---:|")?;
+    writeln!(md, "| replay published all trades after | {:.2} s |", f(&t["replay_seconds"]))?;
+    writeln!(md, "| database complete after | {:.2} s |", f(&t["seconds"]))?;
+    writeln!(md, "| **sustained trades/s, feed to database** | **{:.0}** |", f(&t["trades_per_second"]))?;
+    writeln!(md, "| CPU time per trade, all processes | {:.2} µs |", f(&t["cpu_us_per_trade"]))?;
+    if let Some(services) = t["service_cpu_seconds"].as_object() {
+        for (name, seconds) in services {
+            writeln!(md, "| CPU of {name} | {:.2} s ({:.2} µs per trade) |", f(seconds), f(seconds) * 1e6 / f(&t["trades"]))?;
+        }
+    }
+    let l = &r["latency"];
+    writeln!(md, "\n### Trade-to-push latency\n")?;
+    writeln!(
+        md,
+        "{} trades/s for {} s across 4 instruments, published through the feed-publisher's producer (linger 1 ms) by the measuring \
+         program; a WebSocket client of the gateway subscribed to the 1s candles of all four. A trade's latency runs from its hand-off \
+         to the producer until the first push of a candle whose `last_trade_id` covers it arrives, for every trade after a {} s warm-up \
+         ({} trades). The aggregator sends updates of open candles every {} ms (`aggregation.update_throttle`; the default of 250 ms \
+         suits charts, not latency) with a {} ms tick; the rest is default.\n",
+        l["rate"], l["seconds"], l["warmup_seconds"], l["trades_measured"], l["update_throttle_ms"], l["tick_ms"]
+    )?;
+    writeln!(md, "| achieved trades/s | p50 | p99 | p99.9 | max |")?;
+    writeln!(md, "|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        f(&l["achieved_rate"]),
+        f(&l["p50_ms"]),
+        f(&l["p99_ms"]),
+        f(&l["p999_ms"]),
+        f(&l["max_ms"])
+    )?;
+    let n = &r["naive"];
+    writeln!(md, "\n### Against the naive alternative\n")?;
+    writeln!(
+        md,
+        "The alternative a user would otherwise build: every trade `COPY`-ed into an indexed PostgreSQL table (`(instrument, ts)`), candles \
+         computed at query time with `{}` (`time_bucket` when TimescaleDB is installed), open and close by `array_agg` in trade order. \
+         30 days of one instrument ({} trades, one every 2 s on average) went through Wick (replay to database: {:.1} s, {:.0} trades/s) \
+         and through `COPY`. Both answers were checked equal (open, high, low, close, volume, trade count of every candle) before timing. \
+         Wick's queries are REST `GET /api/v1/candles` over HTTP from a fresh connection each, as a client sees them; the naive ones a \
+         prepared statement over an open connection.\n",
+        n["bucket_function"].as_str().unwrap_or("date_bin"),
+        n["month_trades"],
+        f(&n["wick_month_seconds"]),
+        f(&n["wick_month_trades_per_second"])
+    )?;
+    writeln!(md, "| ingest | trades/s |")?;
+    writeln!(md, "|---|---:|")?;
+    writeln!(md, "| naive `COPY`, the throughput run's trades | {:.0} |", f(&n["copy_dense_trades_per_second"]))?;
+    writeln!(md, "| naive `COPY`, the 30 days | {:.0} |", f(&n["copy_month_trades_per_second"]))?;
+    writeln!(md, "| Wick, feed to database (throughput run) | {:.0} |", f(&t["trades_per_second"]))?;
+    writeln!(md)?;
+    writeln!(md, "| query over 30 days | candles | naive p50 | naive p99 | Wick p50 | Wick p99 | Wick faster (p99) |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for interval in ["1h", "1d"] {
+        let q = &n["queries"][interval];
+        writeln!(
+            md,
+            "| {interval} candles | {} | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms | **{:.0}x** |",
+            q["candles"],
+            f(&q["naive_p50_ms"]),
+            f(&q["naive_p99_ms"]),
+            f(&q["wick_p50_ms"]),
+            f(&q["wick_p99_ms"]),
+            f(&q["naive_p99_ms"]) / f(&q["wick_p99_ms"])
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
