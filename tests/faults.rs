@@ -221,6 +221,9 @@ impl Deployment {
         let specs = [
             wick_kafka::TopicSpec { name: market.clone(), partitions: MARKET_PARTITIONS },
             wick_kafka::TopicSpec { name: candles.clone(), partitions: CANDLE_PARTITIONS },
+            // The services' default dead-letter partition count.
+            wick_kafka::TopicSpec { name: format!("{market}-dlq"), partitions: 4 },
+            wick_kafka::TopicSpec { name: format!("{candles}-dlq"), partitions: 4 },
         ];
         wick_kafka::ensure_topics(&client, &backends.broker, &specs).await.unwrap();
         let db = connect_db(&backends.database).await.unwrap();
@@ -356,6 +359,16 @@ impl Deployment {
             done2.store(true, Ordering::SeqCst);
         });
         Supervised { pid, starts, done, stop, task }
+    }
+
+    /// How often each service was started again, as `feed/aggregator/writer/gateway`.
+    fn restarts(&self) -> String {
+        Service::ALL
+            .iter()
+            .map(|s| self.service(*s).starts.load(Ordering::SeqCst).saturating_sub(if *s == Service::Feed { 2 } else { 1 }))
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     fn service(&self, s: Service) -> &Supervised {
@@ -690,12 +703,7 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
         }
     }
     let result = check(&d, &input, clean).await;
-    let restarts = Service::ALL
-        .iter()
-        .map(|s| d.service(*s).starts.load(Ordering::SeqCst) - if *s == Service::Feed { 2 } else { 1 })
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join("/");
+    let restarts = d.restarts();
     let (candles, answers, cached, result) = match result {
         Ok((c, a, h)) => (c, a, h, Ok(())),
         Err(e) => (0, 0, 0, Err(e)),
@@ -760,12 +768,17 @@ async fn clean_pass(input: Arc<Input>) -> Result<(Clean, Outcome), String> {
         Ok::<_, String>((rows, answers, cached))
     }
     .await;
+    let restarts = d.restarts();
     d.shut_down().await;
     let (rows, answers, cached) = result?;
+    // A clean pass restarts nothing: a service that exited on its own would be a finding.
+    if restarts != "0/0/0/0" {
+        return Err(format!("a service of the clean pass exited and was restarted: {restarts} (feed/aggregator/writer/gateway)"));
+    }
     let outcome = Outcome {
         drill: "clean pass (the baseline)".into(),
         faults: "none".into(),
-        restarts: "0/0/0/0".into(),
+        restarts,
         seconds: started.elapsed().as_secs_f64(),
         candles: rows.len(),
         answers: answers.len(),

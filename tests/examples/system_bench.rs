@@ -11,6 +11,7 @@
 //! 2. **Push latency**: trades published at a steady rate through the feed-publisher's own
 //!    producer (this process is the feed), each timed from its hand-off to the producer until the
 //!    first WebSocket push of a candle that contains it reaches a client of the gateway.
+//!    (`WICK_BENCH_WAIT=yielding` runs the aggregator's ring with the yielding wait strategy.)
 //! 3. **The naive alternative**: the same trades `COPY`-ed into a PostgreSQL table, and candles
 //!    computed at query time with `date_bin` (`time_bucket` where TimescaleDB is installed):
 //!    ingest rate, and p99 of 1-hour and 1-day candles over 30 days of trades, beside the same
@@ -67,14 +68,19 @@ impl Deployment {
         let specs = [
             wick_kafka::TopicSpec { name: market.clone(), partitions: MARKET_PARTITIONS },
             wick_kafka::TopicSpec { name: candles.clone(), partitions: CANDLE_PARTITIONS },
+            // The services' default dead-letter partition count.
+            wick_kafka::TopicSpec { name: format!("{market}-dlq"), partitions: 4 },
+            wick_kafka::TopicSpec { name: format!("{candles}-dlq"), partitions: 4 },
         ];
         wick_kafka::ensure_topics(&client, &wick_test_support::broker_address(), &specs).await?;
+        let schema = wick_test_support::unique_ident("wick_bench");
+        db().await?.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
         let logs = wick_test_support::service_binary("query-gateway")?.parent().context("no dir")?.join("wick-bench-logs").join(name);
         std::fs::create_dir_all(&logs)?;
         Ok(Deployment {
             market,
             candles,
-            schema: wick_test_support::unique_ident("wick_bench"),
+            schema,
             prefix: wick_test_support::unique_name("wick-bench"),
             http: format!("127.0.0.1:{}", wick_test_support::free_port()?),
             logs,
@@ -84,18 +90,27 @@ impl Deployment {
     fn spawn(&self, name: &'static str, args: &[&str], env: &[(&str, String)]) -> Result<Proc> {
         let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
         let mut c = Command::new(wick_test_support::service_binary(name)?);
-        c.args(args)
-            .env("RUST_LOG", "warn")
-            .env("WICK__OPS__LISTEN", "127.0.0.1:0")
-            .env("WICK__KAFKA__MARKET_EVENTS_TOPIC", &self.market)
-            .env("WICK__KAFKA__DEAD_LETTER_TOPIC", format!("{}-dlq", self.market))
-            .env("WICK__KAFKA__CANDLES_TOPIC", &self.candles)
-            .env("WICK__DATABASE__SCHEMA", &self.schema)
-            .env("WICK__CHECKPOINT__SCHEMA", &self.schema)
-            .env("WICK__REDIS__KEY_PREFIX", &self.prefix)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
+        c.args(args).env("RUST_LOG", "warn").env("WICK__OPS__LISTEN", "127.0.0.1:0");
+        // Each service accepts only its own settings.
+        if matches!(name, "feed-publisher" | "ingest-aggregator") {
+            c.env("WICK__KAFKA__MARKET_EVENTS_TOPIC", &self.market).env("WICK__KAFKA__DEAD_LETTER_TOPIC", format!("{}-dlq", self.market));
+        }
+        if name != "feed-publisher" {
+            c.env("WICK__KAFKA__CANDLES_TOPIC", &self.candles);
+        }
+        match name {
+            "ingest-aggregator" => {
+                c.env("WICK__CHECKPOINT__SCHEMA", &self.schema);
+            }
+            "persistence-writer" | "query-gateway" => {
+                c.env("WICK__DATABASE__SCHEMA", &self.schema).env("WICK__REDIS__KEY_PREFIX", &self.prefix);
+            }
+            _ => {}
+        }
+        if name == "persistence-writer" {
+            c.env("WICK__KAFKA__DEAD_LETTER_TOPIC", format!("{}-dlq", self.candles));
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         for (k, v) in env {
             c.env(k, v);
         }
@@ -104,7 +119,11 @@ impl Deployment {
 
     /// The aggregator, the writer and the gateway; the gateway answering.
     async fn start(&self, aggregator_env: &[(&str, String)]) -> Result<Vec<Proc>> {
-        let mut procs = vec![self.spawn("ingest-aggregator", &[], aggregator_env)?];
+        // Ring consumers sleep when idle (the default `yielding` spins): on 2 cores shared by every
+        // process of the system, a spinning consumer takes a core from the others.
+        let mut env = vec![("WICK__RING__WAIT_STRATEGY", "blocking".to_owned())];
+        env.extend(aggregator_env.iter().cloned());
+        let mut procs = vec![self.spawn("ingest-aggregator", &[], &env)?];
         procs.push(self.spawn("persistence-writer", &[], &[])?);
         let grpc = format!("127.0.0.1:{}", wick_test_support::free_port()?);
         procs.push(self.spawn(
@@ -119,6 +138,11 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        for p in &mut procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited at start ({status}); logs in {}", p.name, self.logs.display());
+            }
+        }
         Ok(procs)
     }
 }
@@ -130,10 +154,15 @@ async fn db() -> Result<tokio_postgres::Client> {
 }
 
 /// Waits until every interval of the deployment holds `trades` trades; false on timeout.
-async fn wait_stored(db: &tokio_postgres::Client, schema: &str, trades: i64, timeout: Duration) -> Result<bool> {
-    let sql = format!("SELECT count(*) FROM (SELECT sum(trade_count) AS n FROM {schema}.candles GROUP BY interval) s WHERE n = $1");
+async fn wait_stored(db: &tokio_postgres::Client, schema: &str, trades: i64, timeout: Duration, procs: &mut [Proc]) -> Result<bool> {
+    let sql = format!("SELECT count(*) FROM (SELECT sum(trade_count)::int8 AS n FROM {schema}.candles GROUP BY interval) s WHERE n = $1");
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        for p in procs.iter_mut() {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited ({status})", p.name);
+            }
+        }
         if let Ok(row) = db.query_one(&sql, &[&trades]).await {
             if row.get::<_, i64>(0) == 16 {
                 return Ok(true);
@@ -205,7 +234,7 @@ async fn throughput(dir: &Path, db: &tokio_postgres::Client) -> Result<Value> {
     let files = write_trades(dir, "dense", instruments, per, 20)?;
     let total = (instruments * per) as i64;
     let d = Deployment::new("throughput").await?;
-    let services = d.start(&[]).await?;
+    let mut services = d.start(&[]).await?;
     // The broker takes uncompressed batches far faster than lz4 ones (see the replay section).
     let ticks0 = machine_ticks()?;
     let started = Instant::now();
@@ -223,7 +252,7 @@ async fn throughput(dir: &Path, db: &tokio_postgres::Client) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if !wait_stored(db, &d.schema, total, Duration::from_secs(900)).await? {
+    if !wait_stored(db, &d.schema, total, Duration::from_secs(900), &mut services).await? {
         bail!("the database did not receive every trade (logs in {})", d.logs.display());
     }
     let elapsed = started.elapsed();
@@ -266,6 +295,8 @@ async fn latency() -> Result<Value> {
         ("WICK__AGGREGATION__TICK", "1ms".to_owned()),
         ("WICK__OUTPUT__LINGER", "1ms".to_owned()),
         ("WICK__CONSUMER__FETCH_MAX_WAIT", "5ms".to_owned()),
+        ("WICK__CONSUMER__FETCH_MIN_BYTES", "1".to_owned()),
+        ("WICK__RING__WAIT_STRATEGY", std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into())),
     ];
     let services = d.start(&aggregator_env).await?;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.http)).await?;
@@ -283,6 +314,7 @@ async fn latency() -> Result<Value> {
         tokio::spawn(async move {
             let mut seen = vec![0u64; names.len()];
             let mut samples: Vec<(u64, u64)> = Vec::with_capacity(total); // (sent at, latency), ns
+            let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
             while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
                 let now = base.elapsed().as_nanos() as u64;
                 let tokio_tungstenite::tungstenite::Message::Text(text) = m else { continue };
@@ -290,6 +322,7 @@ async fn latency() -> Result<Value> {
                 if v["type"] != "candle" {
                     continue;
                 }
+                *kinds.entry(v["kind"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
                 let c = &v["candle"];
                 let Some(k) = names.iter().position(|n| c["instrument"] == n.as_str()) else { continue };
                 let last = c["last_trade_id"].as_u64().unwrap_or(0).min(per as u64);
@@ -302,7 +335,7 @@ async fn latency() -> Result<Value> {
                     break;
                 }
             }
-            samples
+            (samples, kinds)
         })
     };
     // This process is the feed: the feed-publisher's producer, as `feed-publisher` runs it.
@@ -341,8 +374,19 @@ async fn latency() -> Result<Value> {
     }
     let achieved = published as f64 / start.elapsed().as_secs_f64();
     producer.flush().await?;
-    let samples = receiver.await?;
+    let (samples, kinds) = receiver.await?;
     let _ = feed_publisher::run::finish(producer, Default::default()).await;
+    // Records on each topic: how often the feed and the aggregator produced.
+    let kafka = wick_test_support::kafka().await;
+    let mut records = serde_json::Map::new();
+    for (topic, partitions) in [(&d.market, MARKET_PARTITIONS), (&d.candles, CANDLE_PARTITIONS)] {
+        let mut n = 0;
+        for p in 0..partitions {
+            let pc = wick_test_support::partition(&kafka, topic, p).await;
+            n += pc.get_offset(rskafka::client::partition::OffsetAt::Latest).await?;
+        }
+        records.insert(if *topic == d.market { "market_events" } else { "candles_completed" }.into(), json!(n));
+    }
     drop(services);
     let warm = (start - base + warmup).as_nanos() as u64;
     let mut lat: Vec<u64> = samples.iter().filter(|(at, _)| *at >= warm).map(|(_, l)| *l).collect();
@@ -356,6 +400,8 @@ async fn latency() -> Result<Value> {
         "trades_measured": lat.len(), "trades_seen": samples.len(), "trades": total,
         "p50_ms": q(0.50), "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": q(1.0),
         "update_throttle_ms": 5, "tick_ms": 1,
+        "wait_strategy": std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into()),
+        "pushes": kinds, "records": records,
     }))
 }
 
@@ -384,13 +430,13 @@ async fn naive(dir: &Path, db: &tokio_postgres::Client, dense: &[PathBuf]) -> Re
     let per: usize = setting("WICK_BENCH_MONTH_TRADES", 1_296_000);
     let files = write_trades(dir, "month", 1, per, 2000)?;
     let d = Deployment::new("naive").await?;
-    let services = d.start(&[]).await?;
+    let mut services = d.start(&[]).await?;
     let started = Instant::now();
     let mut feed = d.spawn("feed-publisher", &["replay", files[0].to_str().unwrap()], &[("WICK__PRODUCER__COMPRESSION", "none".into())])?;
     if !feed.child.wait()?.success() {
         bail!("feed-publisher replay failed");
     }
-    if !wait_stored(db, &d.schema, per as i64, Duration::from_secs(1800)).await? {
+    if !wait_stored(db, &d.schema, per as i64, Duration::from_secs(1800), &mut services).await? {
         bail!("Wick did not store the month (logs in {})", d.logs.display());
     }
     let wick_month_seconds = started.elapsed().as_secs_f64();
@@ -438,7 +484,7 @@ async fn naive(dir: &Path, db: &tokio_postgres::Client, dense: &[PathBuf]) -> Re
 
     let instrument = "BINANCE:BTC-USDT";
     let (from, to) = (1_709_251_200_000i64, 1_709_251_200_000i64 + 30 * 86_400_000);
-    let bucket = if timescale { "time_bucket($1::interval, ts)" } else { "date_bin($1::interval, ts, '2000-01-01')" };
+    let bucket = if timescale { "time_bucket($1::text::interval, ts)" } else { "date_bin($1::text::interval, ts, '2000-01-01')" };
     let sql = format!(
         "SELECT (extract(epoch from {bucket}) * 1000)::int8 AS open_ms, (array_agg(price ORDER BY ts, trade_id))[1]::text, max(price)::text, \
          min(price)::text, (array_agg(price ORDER BY ts DESC, trade_id DESC))[1]::text, sum(qty)::text, count(*) \
@@ -515,6 +561,21 @@ async fn main() -> Result<()> {
     }
     let dir = out.parent().context("no parent")?.join("system-data");
     let db = db().await.context("the stack's database wick (run `cargo xtask stack up`)")?;
+    // `WICK_BENCH_ONLY=latency` (or throughput, naive) runs one part and prints it, for
+    // investigation; the report needs all three.
+    if let Ok(only) = std::env::var("WICK_BENCH_ONLY") {
+        let part = match only.as_str() {
+            "latency" => latency().await?,
+            "throughput" => throughput(&dir, &db).await?,
+            "naive" => {
+                let (instruments, per) = (setting("WICK_BENCH_INSTRUMENTS", 4usize), setting("WICK_BENCH_TRADES", 500_000usize));
+                naive(&dir, &db, &write_trades(&dir, "dense", instruments, per, 20)?).await?
+            }
+            other => bail!("WICK_BENCH_ONLY={other:?}: latency, throughput or naive"),
+        };
+        println!("{part}");
+        return Ok(());
+    }
     eprintln!("system bench: throughput");
     let throughput = throughput(&dir, &db).await?;
     eprintln!("{throughput}");

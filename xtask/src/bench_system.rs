@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::util::{cargo, root, run};
@@ -111,7 +111,28 @@ pub fn section(md: &mut String) -> Result<()> {
         f(&l["p999_ms"]),
         f(&l["max_ms"])
     )?;
+    if f(&l["p99_ms"]) > 10.0 {
+        let updates = f(&l["pushes"]["update"]);
+        let span = f(&l["seconds"]) + 3.0;
+        writeln!(
+            md,
+            "\nThe 10 ms goal is **missed** by orders of magnitude, and not for lack of capacity (the same services take 7x this rate \
+             in the throughput run). The client received {updates:.0} update pushes for 4 instruments in about {span:.0} s, about {:.1} \
+             per instrument per second, where the 5 ms throttle allows 200; `candles-completed` received {} records in the run. So \
+             open-candle updates leave the aggregator far less often than configured, and a trade waits for the next one. Where the \
+             cadence is lost (the aggregator's clock ticks only after each fetch of a partition, and its output task produces \
+             partitions one request at a time) is not yet diagnosed; this is an open defect, not a property of the design.",
+            updates / 4.0 / span,
+            l["records"]["candles_completed"]
+        )?;
+    }
     let n = &r["naive"];
+    writeln!(
+        md,
+        "\nThe 30-day replay's rate (below) is far under the throughput run's: one trade every 2 s makes almost every trade a \
+         1-second candle of its own, so the writer stores about as many candle rows as trades (the throughput run's trades, 50 a \
+         second per instrument, share their 1-second candles)."
+    )?;
     writeln!(md, "\n### Against the naive alternative\n")?;
     writeln!(
         md,
@@ -148,5 +169,34 @@ pub fn section(md: &mut String) -> Result<()> {
         )?;
     }
     writeln!(md)?;
+    Ok(())
+}
+
+/// Writes this run's section and goal rows into the existing `docs/BENCHMARKS.md`: the section
+/// replaces an earlier `## Whole system` (or goes at the end), the rows replace earlier
+/// `| whole system:` rows (or go at the end of the goals table).
+pub fn splice(path: &std::path::Path) -> Result<()> {
+    let old =
+        fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n## Goals\n\n| goal | measured | verdict |\n|---|---|---|\n\n".into());
+    let mut rows = String::new();
+    goals(&mut rows)?;
+    let mut section = String::new();
+    self::section(&mut section)?;
+    // The section: from its heading to the next `## ` heading or the end.
+    let mut doc = match old.find("\n## Whole system\n") {
+        Some(start) => {
+            let rest = &old[start + 1..];
+            let end = rest[3..].find("\n## ").map_or(old.len(), |e| start + 1 + 3 + e + 1);
+            format!("{}{}{}", &old[..start + 1], section, &old[end..])
+        }
+        None => format!("{}\n{}", old.trim_end_matches('\n'), section),
+    };
+    doc = doc.lines().filter(|l| !l.starts_with("| whole system:")).collect::<Vec<_>>().join("\n") + "\n";
+    // The goals table ends at the first blank line after its header.
+    let header = doc.find("| goal | measured | verdict |").context("no goals table in the document")?;
+    let end = doc[header..].find("\n\n").map(|e| header + e + 1).context("unterminated goals table")?;
+    doc.insert_str(end, &rows);
+    fs::write(path, doc)?;
+    eprintln!("bench: updated the whole-system section of {}", path.display());
     Ok(())
 }
