@@ -11,7 +11,7 @@
 //! 2. **Push latency**: trades published at a steady rate through the feed-publisher's own
 //!    producer (this process is the feed), each timed from its hand-off to the producer until the
 //!    first WebSocket push of a candle that contains it reaches a client of the gateway.
-//!    (`WICK_BENCH_WAIT=yielding` runs the aggregator's ring with the yielding wait strategy.)
+//!    (`WICK_BENCH_WAIT=blocking` runs the aggregator's ring with the blocking wait strategy.)
 //! 3. **The naive alternative**: the same trades `COPY`-ed into a PostgreSQL table, and candles
 //!    computed at query time with `date_bin` (`time_bucket` where TimescaleDB is installed):
 //!    ingest rate, and p99 of 1-hour and 1-day candles over 30 days of trades, beside the same
@@ -290,13 +290,16 @@ async fn latency() -> Result<Value> {
     let d = Deployment::new("latency").await?;
     // Updates of open candles go out every 5 ms (default 250 ms): the setting a latency-sensitive
     // deployment chooses; the aggregator's clock ticks every 1 ms to honour it.
+    let ops = format!("127.0.0.1:{}", wick_test_support::free_port()?);
     let aggregator_env = [
         ("WICK__AGGREGATION__UPDATE_THROTTLE", "5ms".to_owned()),
         ("WICK__AGGREGATION__TICK", "1ms".to_owned()),
         ("WICK__OUTPUT__LINGER", "1ms".to_owned()),
         ("WICK__CONSUMER__FETCH_MAX_WAIT", "5ms".to_owned()),
         ("WICK__CONSUMER__FETCH_MIN_BYTES", "1".to_owned()),
-        ("WICK__RING__WAIT_STRATEGY", std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into())),
+        // The default wait strategy here: consumers that sleep add their wake-up to every update.
+        ("WICK__RING__WAIT_STRATEGY", std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "yielding".into())),
+        ("WICK__OPS__LISTEN", ops.clone()),
     ];
     let services = d.start(&aggregator_env).await?;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", d.http)).await?;
@@ -376,6 +379,17 @@ async fn latency() -> Result<Value> {
     producer.flush().await?;
     let (samples, kinds) = receiver.await?;
     let _ = feed_publisher::run::finish(producer, Default::default()).await;
+    // The aggregator's own account: how long its fetches took, how often it produced.
+    let text = String::from_utf8(Command::new("curl").args(["-s", &format!("http://{ops}/metrics")]).output()?.stdout)?;
+    let metric = |name: &str| -> f64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    let aggregator = json!({
+        "fetches": metric("wick_ingest_poll_seconds_count"),
+        "fetch_mean_ms": metric("wick_ingest_poll_seconds_sum") * 1e3 / metric("wick_ingest_poll_seconds_count"),
+        "produce_requests": metric("wick_ingest_produce_seconds_count"),
+        "update_candles": metric("wick_ingest_candles_emitted_total{kind=\"update\"}"),
+    });
     // Records on each topic: how often the feed and the aggregator produced.
     let kafka = wick_test_support::kafka().await;
     let mut records = serde_json::Map::new();
@@ -400,7 +414,8 @@ async fn latency() -> Result<Value> {
         "trades_measured": lat.len(), "trades_seen": samples.len(), "trades": total,
         "p50_ms": q(0.50), "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": q(1.0),
         "update_throttle_ms": 5, "tick_ms": 1,
-        "wait_strategy": std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "blocking".into()),
+        "wait_strategy": std::env::var("WICK_BENCH_WAIT").unwrap_or_else(|_| "yielding".into()),
+        "aggregator": aggregator,
         "pushes": kinds, "records": records,
     }))
 }
