@@ -20,6 +20,13 @@ use wick_service::shutdown::{self, ShutdownTrigger};
 
 const MARKET_PARTITIONS: i32 = 16;
 const CANDLE_PARTITIONS: i32 = 4;
+/// 2024-06-01T00:00:00Z: each symbol's last trade, long after the others. Its event time moves the
+/// watermark past every earlier candle, so all of them are closed by event time alone and both
+/// deployments end in the same state, however long each has been idle.
+const TERMINATOR_MS: i64 = 1_717_200_000_000;
+/// Candles from here on hold only terminators; their `closed` flag follows the clock, so they are
+/// not compared.
+const HISTORY_END_MS: i64 = 1_714_521_600_000; // 2024-05-01
 
 /// The topics, schema and Redis of one deployment.
 struct Deployment {
@@ -162,6 +169,11 @@ fn trade_files(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<Trade>) {
             let side = if buyer_maker { TakerSide::Sell } else { TakerSide::Buy };
             trades.push(Trade::new(instrument.clone(), id, price.parse().unwrap(), qty.parse().unwrap(), side, at, at).unwrap());
         }
+        writeln!(out, "3001,60000.00,0.00001,0,{TERMINATOR_MS},True,True").unwrap();
+        let at = Timestamp::from_millis(TERMINATOR_MS).unwrap();
+        trades.push(
+            Trade::new(instrument.clone(), 3001, "60000.00".parse().unwrap(), "0.00001".parse().unwrap(), TakerSide::Sell, at, at).unwrap(),
+        );
         files.push(path);
     }
     (files, trades)
@@ -179,7 +191,7 @@ async fn replay(files: &[PathBuf], topic: &str) {
     let (_trigger, stop) = shutdown::channel();
     let summary = feed_publisher::run::replay(&producer, files, None, None, clock, &stop).await.unwrap();
     let (summary, _) = feed_publisher::run::finish(producer, summary).await.unwrap();
-    assert_eq!(summary.published, 6000, "{summary}");
+    assert_eq!(summary.published, 6002, "{summary}");
 }
 
 fn reference(trades: &[Trade]) -> BTreeMap<(String, Interval, i64), Candle> {
@@ -206,12 +218,16 @@ async fn settle(d: &Deployment, trades: usize, gateways: &[&Gateway]) {
         "SELECT count(*) > 0 AND coalesce(bool_and(cache_next_offset = next_offset), false) FROM {}.writer_offsets WHERE topic = $1",
         d.schema
     );
+    let open =
+        format!("SELECT count(*) FROM {}.candles WHERE NOT closed AND open_time < to_timestamp({HISTORY_END_MS} / 1000.0)", d.schema);
     wick_test_support::wait_until("the deployment has settled", Duration::from_secs(240), || async {
         let stored =
             d.db.query(&counts, &[]).await.map(|rows| rows.len() == 16 && rows.iter().all(|r| r.get::<_, i64>(1) == trades as i64));
         let cached = d.db.query_one(&cache, &[&d.candles]).await.map(|r| r.get::<_, bool>(0));
+        let closed = d.db.query_one(&open, &[]).await.map(|r| r.get::<_, i64>(0) == 0);
         stored.unwrap_or(false)
             && cached.unwrap_or(false)
+            && closed.unwrap_or(false)
             && gateways.iter().all(|g| g.metrics.live_lag.get() == 0 && g.metrics.unpersisted.get() == 0 && g.metrics.live_events.get() > 0)
     })
     .await
@@ -229,7 +245,7 @@ async fn rows(d: &Deployment) -> Vec<String> {
     let sql = format!(
         "SELECT concat_ws(' ', instrument, interval, open_time, open, high, low, close, volume, quote_volume, taker_buy_volume, \
          taker_buy_quote_volume, trade_count, first_trade_id, last_trade_id, closed, version) FROM {}.candles \
-         ORDER BY instrument, interval, open_time",
+         WHERE open_time < to_timestamp({HISTORY_END_MS} / 1000.0) ORDER BY instrument, interval, open_time",
         d.schema
     );
     d.db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
@@ -315,7 +331,8 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
     let mut compared = 0;
     for name in ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT"] {
         for interval in Interval::ALL {
-            let path = format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&limit=1000");
+            let path =
+                format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&end={}&limit=1000", HISTORY_END_MS - 1);
             let body = curl(&format!("{}{path}", one.http));
             assert_eq!(curl(&format!("{}{path}", two_a.http)), body, "{path}");
             assert_eq!(curl(&format!("{}{path}", two_b.http)), body, "{path}");
@@ -324,7 +341,7 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
                     instrument: name.into(),
                     interval: interval.as_str().into(),
                     start_time_ms: Some(first_ms),
-                    end_time_ms: None,
+                    end_time_ms: Some(HISTORY_END_MS - 1),
                     limit: 1000,
                     fill: 0,
                 })
@@ -358,8 +375,8 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
             }
         }
     }
-    // 1000 buckets of each interval from the first opening at or after `start`: every one with
-    // trades was served.
+    // 1000 buckets of each interval from the first opening at or after `start`, before the history
+    // ends: every one with trades was served.
     let expected: usize = want
         .iter()
         .filter(|((_, interval, open), _)| {
@@ -373,7 +390,7 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
             for _ in 0..999 {
                 t = interval.next_open(t);
             }
-            *open >= first && *open <= t.as_millis()
+            *open >= first && *open <= t.as_millis() && *open < HISTORY_END_MS
         })
         .count();
     assert_eq!(compared, expected, "every traded bucket in range was served");
