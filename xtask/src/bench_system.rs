@@ -193,11 +193,12 @@ pub fn splice(path: &std::path::Path) -> Result<()> {
     let mut section = String::new();
     self::section(&mut section)?;
     // The section: from its heading to the next `## ` heading or the end.
-    let mut doc = match old.find("\n## Whole system\n") {
-        Some(start) => {
-            let rest = &old[start + 1..];
-            let end = rest[3..].find("\n## ").map_or(old.len(), |e| start + 1 + 3 + e + 1);
-            format!("{}{}{}", &old[..start + 1], section, &old[end..])
+    const HEADING: &str = "\n## Whole system\n";
+    let mut doc = match old.find(HEADING) {
+        Some(at) => {
+            let body = at + HEADING.len();
+            let end = old[body..].find("\n## ").map_or(old.len(), |e| body + e + 1);
+            format!("{}{}{}", &old[..at + 1], section, &old[end..])
         }
         None => format!("{}\n{}", old.trim_end_matches('\n'), section),
     };

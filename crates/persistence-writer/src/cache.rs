@@ -122,9 +122,6 @@ impl CacheFeed {
 /// (the recorded offsets make up for it at the next start).
 pub async fn follow(mut cache: L2Cache, feed: CacheFeed, pool: deadpool_postgres::Pool, topic: String, metrics: Metrics) {
     let mut breaker = Breaker::new(Duration::from_millis(200), Duration::from_secs(10));
-    // When writes have failed this long, the client is rebuilt (see `L2Cache::reconnect`).
-    const REBUILD_AFTER: Duration = Duration::from_secs(15);
-    let mut failing_since: Option<Instant> = None;
     loop {
         if !breaker.allows(Instant::now()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -145,7 +142,6 @@ pub async fn follow(mut cache: L2Cache, feed: CacheFeed, pool: deadpool_postgres
                     tracing::info!("Redis answers again: L2 cache breaker closed");
                 }
                 breaker.success();
-                failing_since = None;
                 metrics.l2_writes.inc_by(count as u64);
                 metrics.l2_invalidated.inc_by(batch.invalidate.len() as u64);
                 let offsets: Vec<(i32, i64)> = batch.offsets.iter().map(|(p, o)| (*p, *o)).collect();
@@ -164,13 +160,11 @@ pub async fn follow(mut cache: L2Cache, feed: CacheFeed, pool: deadpool_postgres
                 }
                 breaker.failure(Instant::now());
                 metrics.l2_failures.inc();
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= REBUILD_AFTER {
-                    tracing::warn!(failing_for = ?since.elapsed(), "L2 cache writes keep failing: rebuilding the Redis client");
+                if breaker.reconnect_due(Instant::now()) {
+                    tracing::warn!("L2 cache writes keep failing: rebuilding the Redis client");
                     if let Err(e) = cache.reconnect() {
                         tracing::error!(error = %e, "rebuilding the Redis client failed");
                     }
-                    failing_since = Some(Instant::now());
                 }
                 feed.restore(batch);
                 if closed {

@@ -231,9 +231,6 @@ pub struct L2 {
     cache: Mutex<L2Cache>,
     command_timeout: Duration,
     breaker: Mutex<Breaker>,
-    /// Since when every L2 command has failed; the client is rebuilt after 15 s of it (see
-    /// `L2Cache::reconnect`).
-    failing_since: Mutex<Option<Instant>>,
 }
 
 impl L2 {
@@ -242,7 +239,6 @@ impl L2 {
             cache: Mutex::new(cache),
             command_timeout,
             breaker: Mutex::new(Breaker::new(Duration::from_millis(250), Duration::from_secs(10))),
-            failing_since: Mutex::new(None),
         }
     }
 
@@ -257,20 +253,16 @@ impl L2 {
 
     fn record(&self, ok: bool, metrics: &Metrics) {
         let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        let mut failing_since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
         if ok {
             breaker.success();
-            *failing_since = None;
         } else {
             breaker.failure(Instant::now());
             metrics.l2_errors.inc();
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(15) {
-                tracing::warn!(failing_for = ?since.elapsed(), "L2 cache reads keep failing: rebuilding the Redis client");
+            if breaker.reconnect_due(Instant::now()) {
+                tracing::warn!("L2 cache reads keep failing: rebuilding the Redis client");
                 if let Err(e) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).reconnect() {
                     tracing::error!(error = %e, "rebuilding the Redis client failed");
                 }
-                *failing_since = Some(Instant::now());
             }
         }
         metrics.l2_breaker_open.set(i64::from(breaker.is_open()));

@@ -148,10 +148,8 @@ impl L2Cache {
         Ok(L2Cache { client, prefix: settings.prefix.clone(), ttl_secs: settings.ttl.as_secs().max(1), settings: settings.clone() })
     }
 
-    /// Replaces the client with a new one from the same settings, and lets the old one go. For a
-    /// caller whose commands have failed for long after Redis came back: fred 10's cluster
-    /// client was seen (by the fault-injection drills) to time out every command for minutes
-    /// after a node restart, while a new client worked at once.
+    /// Replaces the client with a new one from the same settings, and lets the old one go; for a
+    /// caller whose breaker says so ([`Breaker::reconnect_due`]).
     pub fn reconnect(&mut self) -> Result<(), CacheError> {
         let fresh = L2Cache::connect(&self.settings)?;
         let old = std::mem::replace(self, fresh);
@@ -249,11 +247,30 @@ pub struct Breaker {
     max_cooldown: Duration,
     cooldown: Duration,
     open_until: Option<Instant>,
+    /// Since when every call has failed (`None` while closed), or since the last reconnect.
+    failing_since: Option<Instant>,
 }
+
+/// After this long in which every call failed, a client is rebuilt (see [`Breaker::reconnect_due`]).
+pub const RECONNECT_AFTER: Duration = Duration::from_secs(15);
 
 impl Breaker {
     pub fn new(min_cooldown: Duration, max_cooldown: Duration) -> Breaker {
-        Breaker { min_cooldown, max_cooldown, cooldown: min_cooldown, open_until: None }
+        Breaker { min_cooldown, max_cooldown, cooldown: min_cooldown, open_until: None, failing_since: None }
+    }
+
+    /// True once every call has failed for [`RECONNECT_AFTER`]; the wait starts again then. The
+    /// caller rebuilds its client ([`L2Cache::reconnect`]): fred 10's cluster client was seen (by
+    /// the fault-injection drills) to time out every command for minutes after a node restart,
+    /// while a new client worked at once.
+    pub fn reconnect_due(&mut self, now: Instant) -> bool {
+        match self.failing_since {
+            Some(since) if now.duration_since(since) >= RECONNECT_AFTER => {
+                self.failing_since = Some(now);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether a call may be attempted at `now`.
@@ -269,9 +286,11 @@ impl Breaker {
     pub fn success(&mut self) {
         self.open_until = None;
         self.cooldown = self.min_cooldown;
+        self.failing_since = None;
     }
 
     pub fn failure(&mut self, now: Instant) {
+        self.failing_since.get_or_insert(now);
         let cooldown = if self.open_until.is_some() { (self.cooldown * 2).min(self.max_cooldown) } else { self.min_cooldown };
         self.cooldown = cooldown;
         self.open_until = Some(now + cooldown);
@@ -290,6 +309,21 @@ mod tests {
         assert_eq!(chunk_of(Interval::M1, t), 1_700_000_000_000 / 60_000_000);
         assert_eq!(chunk_key("wick", &i, Interval::M1, 28333), "wick:{BINANCE:BTC-USDT|1m}:28333");
         assert!(chunk_of(Interval::Mo1, t) >= 0);
+    }
+
+    #[test]
+    fn a_reconnect_is_due_after_failing_that_long_and_again_after_as_long() {
+        let mut b = Breaker::new(Duration::from_millis(100), Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(!b.reconnect_due(t0), "never while closed");
+        b.failure(t0);
+        b.failure(t0 + Duration::from_secs(10));
+        assert!(!b.reconnect_due(t0 + RECONNECT_AFTER - Duration::from_millis(1)));
+        assert!(b.reconnect_due(t0 + RECONNECT_AFTER));
+        assert!(!b.reconnect_due(t0 + RECONNECT_AFTER + Duration::from_secs(1)), "the wait starts again");
+        assert!(b.reconnect_due(t0 + RECONNECT_AFTER * 2));
+        b.success();
+        assert!(!b.reconnect_due(t0 + RECONNECT_AFTER * 4), "a success ends the failing spell");
     }
 
     #[test]
