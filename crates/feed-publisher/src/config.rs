@@ -77,3 +77,23 @@ impl Validate for Config {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_is_in_the_list_of_wick_sections() {
+        assert_eq!(wick_service::config::unlisted_sections::<Config>(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn another_service_settings_are_ignored() {
+        let env =
+            [("WICK__CHECKPOINT__INTERVAL", "5s"), ("WICK__PRODUCER__COMPRESSION", "none")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c: Config = wick_service::config::load_with_env(None, env).unwrap();
+        assert_eq!(c.producer.compression, "none");
+        let env = [("WICK__CHECKPOINTS__INTERVAL", "5s")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert!(wick_service::config::load_with_env::<Config>(None, env).is_err());
+    }
+}

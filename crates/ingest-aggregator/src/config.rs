@@ -261,6 +261,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_section_is_in_the_list_of_wick_sections() {
+        assert_eq!(wick_service::config::unlisted_sections::<Config>(), Vec::<String>::new());
+    }
+
+    #[test]
     fn defaults_are_the_seeds_and_valid() {
         let c = Config::default();
         assert!(c.validate().is_empty(), "{:?}", c.validate());

@@ -186,6 +186,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_section_is_in_the_list_of_wick_sections() {
+        assert_eq!(wick_service::config::unlisted_sections::<Config>(), Vec::<String>::new());
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_are_all_reported() {
         assert!(Config::default().validate().is_empty());
         let mut c = Config::default();

@@ -2,6 +2,11 @@
 //! variables (double underscores separate the levels; names are matched case-insensitively, values
 //! are read as YAML scalars so `10ms`, `16` and `true` work). Validation reports every problem at
 //! once.
+//!
+//! One environment may hold the settings of every Wick service (a compose `.env`, a shared
+//! ConfigMap): a variable whose section belongs to another service ([`SECTIONS`]) is ignored, a
+//! section no service knows is refused. A YAML file is one service's own, so every key in it must
+//! be that service's.
 
 use std::path::Path;
 
@@ -17,6 +22,42 @@ pub trait Validate {
 
 /// The environment prefix of every override.
 pub const ENV_PREFIX: &str = "WICK__";
+
+/// The top-level sections of every Wick service's configuration, sorted. A `WICK__` variable
+/// of one of these that the loading service does not have is meant for another service;
+/// anything else is a mistake. Each service's tests check that its sections are listed here
+/// ([`unlisted_sections`]).
+pub const SECTIONS: &[&str] = &[
+    "aggregation",
+    "auth",
+    "batch",
+    "binance",
+    "checkpoint",
+    "consumer",
+    "database",
+    "grpc",
+    "http",
+    "instance",
+    "kafka",
+    "l1",
+    "limits",
+    "live",
+    "ops",
+    "output",
+    "producer",
+    "redis",
+    "ring",
+];
+
+/// The top-level sections of `T` (the keys of its serialized defaults) missing from
+/// [`SECTIONS`]; every service's tests assert that this is empty.
+pub fn unlisted_sections<T: Serialize + Default>() -> Vec<String> {
+    match serde_yaml::to_value(T::default()) {
+        Ok(Value::Mapping(map)) => map.keys().filter_map(Value::as_str).filter(|k| !SECTIONS.contains(k)).map(str::to_owned).collect(),
+        Ok(_) => vec!["(the configuration is not a mapping)".to_owned()],
+        Err(e) => vec![format!("(the defaults do not serialize: {e})")],
+    }
+}
 
 /// Loads `T` from its defaults, the file at `path` (if any) and the process environment.
 pub fn load<T: DeserializeOwned + Serialize + Default + Validate>(path: Option<&Path>) -> Result<T> {
@@ -35,9 +76,22 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
         let file: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
         merge(&mut value, file);
     }
+    // The service's own sections: the top-level keys of its defaults.
+    let own: Vec<String> = match &value {
+        Value::Mapping(map) => map.keys().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
+        _ => Vec::new(),
+    };
+    let mut elsewhere = Vec::new();
     for (key, raw) in env {
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if !own.contains(&path[0]) {
+            if SECTIONS.contains(&path[0].as_str()) {
+                elsewhere.push(key);
+                continue;
+            }
+            bail!("{key}: no Wick service has a section `{}` (known sections: {})", path[0], SECTIONS.join(", "));
+        }
         let scalar: Value = if raw.trim().is_empty() {
             Value::String(String::new())
         } else {
@@ -48,6 +102,10 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
             }
         };
         set(&mut value, &path, scalar).with_context(|| format!("applying {key}"))?;
+    }
+    if !elsewhere.is_empty() {
+        elsewhere.sort();
+        tracing::debug!(variables = %elsewhere.join(", "), "ignoring settings of other Wick services' sections");
     }
     let config: T = serde_yaml::from_value(value).context("invalid configuration")?;
     let problems = config.validate();
@@ -211,5 +269,78 @@ mod tests {
         assert!(err.contains("nope"), "{err}");
         let err = format!("{:#}", load_with_env::<Config>(Some(Path::new("/nonexistent/wick.yaml")), env(&[])).unwrap_err());
         assert!(err.contains("/nonexistent/wick.yaml"), "{err}");
+    }
+
+    /// A writer into a shared buffer, to read what was logged.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn other_services_sections_are_ignored_and_logged_once() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(move || writer.clone()).with_ansi(false).finish();
+        let c: Config = tracing::subscriber::with_default(subscriber, || {
+            load_with_env(
+                None,
+                env(&[
+                    ("WICK__CHECKPOINT__DATABASE_URL", "postgres://elsewhere/wick"),
+                    ("WICK__PARTITIONS", "4"),
+                    ("WICK__Ring__Buffer_Size", "not even a number"),
+                    ("WICK__CHECKPOINT__NOT_CHECKED_HERE", "1"),
+                ]),
+            )
+        })
+        .unwrap();
+        assert_eq!(c, Config { partitions: 4, ..Config::default() });
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains("DEBUG") && log.contains("WICK__CHECKPOINT__DATABASE_URL") && log.contains("WICK__Ring__Buffer_Size"),
+            "{log}"
+        );
+        assert!(!log.contains("elsewhere"), "values are not logged: {log}");
+    }
+
+    #[test]
+    fn a_section_no_service_knows_is_refused_with_the_known_ones() {
+        let err = format!("{:#}", load_with_env::<Config>(None, env(&[("WICK__CHECKPONT__INTERVAL", "5s")])).unwrap_err());
+        assert!(err.contains("WICK__CHECKPONT__INTERVAL") && err.contains("`checkpont`"), "{err}");
+        for section in SECTIONS {
+            assert!(err.contains(section), "{section} missing from: {err}");
+        }
+        assert!(load_with_env::<Config>(None, env(&[("WICK__", "1")])).is_err());
+    }
+
+    #[test]
+    fn a_file_holds_only_the_service_own_keys() {
+        let dir = std::env::temp_dir().join(format!("wick-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let other_service = dir.join("other.yaml");
+        std::fs::write(&other_service, "checkpoint:\n  interval: 5s\n").unwrap();
+        let err = format!("{:#}", load_with_env::<Config>(Some(&other_service), env(&[])).unwrap_err());
+        assert!(err.contains("checkpoint"), "{err}");
+        let unknown_key = dir.join("unknown.yaml");
+        std::fs::write(&unknown_key, "kafka:\n  brokerz: [a:1]\n").unwrap();
+        let err = format!("{:#}", load_with_env::<Config>(Some(&unknown_key), env(&[])).unwrap_err());
+        assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn the_section_list_is_sorted_and_catches_an_unlisted_section() {
+        assert!(SECTIONS.windows(2).all(|w| w[0] < w[1]), "{SECTIONS:?}");
+        // The test configuration's `partitions` is no service's section.
+        assert_eq!(unlisted_sections::<Config>(), vec!["partitions".to_owned()]);
     }
 }
