@@ -1,5 +1,5 @@
-//! Compiles the gRPC service of `proto/wick/v1/candle_service.proto` (needs `protoc`: Debian's
-//! `protobuf-compiler`). The messages it shares with the broker records come from `wick-wire`; the
+//! Compiles the gRPC service of `proto/wick/v1/candle_service.proto` with the vendored `protoc`
+//! (see `wick-wire`'s build script). The messages it shares with the broker records come from `wick-wire`; the
 //! descriptor set (with its imports) is embedded for gRPC reflection.
 
 fn main() {
@@ -7,6 +7,12 @@ fn main() {
     println!("cargo:rerun-if-changed={proto}");
     println!("cargo:rerun-if-changed=../../proto/wick/v1/market.proto");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
+    let protoc = match protoc_bin_vendored::protoc_bin_path() {
+        Ok(path) => path,
+        Err(e) => panic!("no vendored protoc for this platform: {e}"),
+    };
+    // tonic-prost-build reads `PROTOC` only; the build script's own environment is private to it.
+    std::env::set_var("PROTOC", protoc);
     let result = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -21,6 +27,6 @@ fn main() {
         .extern_path(".wick.v1.CandleBatch", "::wick_wire::pb::CandleBatch")
         .compile_protos(&[proto], &["../../proto"]);
     if let Err(e) = result {
-        panic!("compiling {proto}: {e} (install protoc: `apt-get install protobuf-compiler`)");
+        panic!("compiling {proto}: {e}");
     }
 }
