@@ -89,6 +89,15 @@ pub struct AggregationConfig {
     pub update_throttle: Duration,
     /// How often shards look at the clock (idle watermarks, throttled updates).
     pub tick: Duration,
+    /// A trade whose event time is more than this after the aggregator's clock is refused
+    /// (dead-lettered as `future`): it would move its instrument's watermark ahead of every later
+    /// trade.
+    pub future_tolerance: Duration,
+    /// An instrument is live when its newest trade was read at most this long after its event
+    /// time; only a live instrument's watermark moves on while it is idle. History (replays,
+    /// backfills, a catch-up after an outage) is older than this and closes candles by event time
+    /// alone, whatever pauses come between its parts.
+    pub live_lag: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -152,6 +161,8 @@ impl Default for AggregationConfig {
             revision_window: Duration::from_secs(600),
             update_throttle: Duration::from_millis(250),
             tick: Duration::from_millis(50),
+            future_tolerance: Duration::from_secs(300),
+            live_lag: Duration::from_secs(30),
         }
     }
 }
@@ -242,6 +253,13 @@ impl Validate for Config {
         }
         if a.tick.get().is_zero() {
             problems.push("aggregation.tick must be above 0".into());
+        }
+        if a.live_lag.get() >= a.revision_window.get() && !a.revision_window.get().is_zero() {
+            problems.push(format!(
+                "aggregation.live_lag ({:?}) must be below aggregation.revision_window ({:?}): a trade read that late is history",
+                a.live_lag.get(),
+                a.revision_window.get()
+            ));
         }
         problems.extend(wick_store::connection_problems(
             "checkpoint.database_url",

@@ -2,10 +2,12 @@
 //!
 //! Exchanges number trades sequentially per instrument (Binance, Coinbase), so the ids seen form a
 //! few ranges however many trades there are; a reconnect or a replay re-sends ids inside them.
-//! Each range remembers its latest event time: ranges entirely older than the revision window
-//! are forgotten (a trade that old is dead-lettered as too late before it is looked up here).
-//! Memory is bounded by `max_ranges` even for ids with gaps: beyond it, the two oldest ranges are
-//! merged, which can only make an id inside the gap between them count as already seen.
+//! Each range remembers its latest event time: ranges whose trades are all older than the earliest
+//! event time the series can still count are forgotten (such a trade is late beyond the revision
+//! window whether or not it was seen). So memory is bounded by time, the trades of the revision
+//! window, and the answer is always exact: ranges are never merged over a gap. `max_ranges` is a
+//! safety bound against hostile ids; at it, a trade that would need a new range is refused
+//! ([`Seen::Full`]) and the caller dead-letters it: it is never counted as a duplicate.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,15 @@ use wick_core::Timestamp;
 struct Range {
     last: u64,
     max_event_time: Timestamp,
+}
+
+/// What [`SeenIds::insert`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    Duplicate,
+    /// New, but recording it would exceed the bound: not recorded.
+    Full,
 }
 
 /// The ids seen of one instrument.
@@ -30,22 +41,22 @@ impl SeenIds {
         SeenIds { ranges: BTreeMap::new(), max_ranges: max_ranges.max(2) }
     }
 
-    /// Records `id`; false when it was already seen.
+    /// Records `id`: whether it is new (now recorded), a duplicate, or new but beyond the bound.
     #[inline]
-    pub fn insert(&mut self, id: u64, event_time: Timestamp) -> bool {
+    pub fn insert(&mut self, id: u64, event_time: Timestamp) -> Seen {
         // The common case: the next id of the newest range.
         if let Some(mut newest) = self.ranges.last_entry() {
             let r = newest.get_mut();
             if r.last.checked_add(1) == Some(id) {
                 r.last = id;
                 r.max_event_time = r.max_event_time.max(event_time);
-                return true;
+                return Seen::New;
             }
         }
         let below = self.ranges.range(..=id).next_back().map(|(first, r)| (*first, *r));
         if let Some((_, r)) = below {
             if r.last >= id {
-                return false;
+                return Seen::Duplicate;
             }
         }
         let above = id.checked_add(1).and_then(|next| self.ranges.get(&next).copied().map(|r| (next, r)));
@@ -62,20 +73,13 @@ impl SeenIds {
                 self.ranges.insert(id, Range { last: a.last, max_event_time: a.max_event_time.max(event_time) });
             }
             (None, None) => {
-                self.ranges.insert(id, Range { last: id, max_event_time: event_time });
-                if self.ranges.len() > self.max_ranges {
-                    self.merge_oldest();
+                if self.ranges.len() >= self.max_ranges {
+                    return Seen::Full;
                 }
+                self.ranges.insert(id, Range { last: id, max_event_time: event_time });
             }
         }
-        true
-    }
-
-    fn merge_oldest(&mut self) {
-        let mut it = self.ranges.iter();
-        let (Some((&a, &ra)), Some((&b, &rb))) = (it.next(), it.next()) else { return };
-        self.ranges.remove(&b);
-        self.ranges.insert(a, Range { last: rb.last, max_event_time: ra.max_event_time.max(rb.max_event_time) });
+        Seen::New
     }
 
     /// Forgets ranges whose trades are all older than `before`.
@@ -122,35 +126,57 @@ mod tests {
     fn sequential_ids_stay_one_range_and_repeats_are_refused() {
         let mut s = SeenIds::new(16);
         for id in 100..1100 {
-            assert!(s.insert(id, t(1)));
+            assert_eq!(s.insert(id, t(1)), Seen::New);
         }
         assert_eq!(s.len(), 1);
-        assert!(!s.insert(100, t(1)) && !s.insert(555, t(1)) && !s.insert(1099, t(1)));
-        assert!(s.insert(1100, t(2)));
+        for id in [100, 555, 1099] {
+            assert_eq!(s.insert(id, t(1)), Seen::Duplicate);
+        }
+        assert_eq!(s.insert(1100, t(2)), Seen::New);
     }
 
     #[test]
     fn out_of_order_ids_fill_gaps_and_merge() {
         let mut s = SeenIds::new(16);
         for id in [5, 7, 9, 6, 8] {
-            assert!(s.insert(id, t(1)));
+            assert_eq!(s.insert(id, t(1)), Seen::New);
         }
         assert_eq!(s.ranges().map(|(a, b, _)| (a, b)).collect::<Vec<_>>(), vec![(5, 9)]);
-        assert!(s.insert(4, t(1)) && s.insert(10, t(1)) && !s.insert(7, t(1)));
-        assert!(s.insert(u64::MAX, t(1)) && !s.insert(u64::MAX, t(1)));
+        assert_eq!([s.insert(4, t(1)), s.insert(10, t(1)), s.insert(7, t(1))], [Seen::New, Seen::New, Seen::Duplicate]);
+        assert_eq!([s.insert(u64::MAX, t(1)), s.insert(u64::MAX, t(1))], [Seen::New, Seen::Duplicate]);
     }
 
     #[test]
-    fn memory_is_bounded_and_old_ranges_are_forgotten() {
-        let mut s = SeenIds::new(4);
-        for id in (0..100).map(|i| i * 10) {
-            assert!(s.insert(id, t(id as i64)));
+    fn gaps_are_never_merged_and_the_bound_refuses_instead() {
+        let mut s = SeenIds::new(100_000);
+        // 10,000 ids with gaps: every one its own range, every gap still free.
+        for id in (0..10_000u64).map(|i| i * 10) {
+            assert_eq!(s.insert(id, t(id as i64)), Seen::New);
         }
-        assert_eq!(s.len(), 4);
-        assert!(!s.insert(15, t(0)), "a gap inside merged ranges counts as seen: the documented cost of the bound");
+        assert_eq!(s.len(), 10_000);
+        assert_eq!(s.insert(15, t(1)), Seen::New, "an id in a gap is a new trade");
+        assert_eq!(s.insert(15, t(1)), Seen::Duplicate);
+        assert_eq!(s.insert(99_990, t(1)), Seen::Duplicate);
+        // At the bound a new range is refused, never guessed.
+        let mut small = SeenIds::new(4);
+        for id in [0, 10, 20, 30] {
+            assert_eq!(small.insert(id, t(1)), Seen::New);
+        }
+        assert_eq!(small.insert(50, t(1)), Seen::Full);
+        assert_eq!(small.insert(50, t(1)), Seen::Full, "a refused id was not recorded");
+        assert_eq!(small.insert(31, t(1)), Seen::New, "extending a range needs no new one");
+        assert_eq!(small.insert(20, t(1)), Seen::Duplicate);
+    }
+
+    #[test]
+    fn old_ranges_are_forgotten() {
+        let mut s = SeenIds::new(1000);
+        for id in (0..100).map(|i| i * 10) {
+            assert_eq!(s.insert(id, t(id as i64)), Seen::New);
+        }
         s.forget_before(t(975));
         assert_eq!(s.ranges().map(|(a, _, _)| a).collect::<Vec<_>>(), vec![980, 990], "ranges older than the bound are forgotten");
-        let copy = SeenIds::from_ranges(4, s.ranges());
+        let copy = SeenIds::from_ranges(1000, s.ranges());
         assert_eq!(copy, s);
     }
 }

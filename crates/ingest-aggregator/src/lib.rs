@@ -34,8 +34,10 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Event, Fetcher, Input};
 use crate::shard::{shard_of, Shard, ShardSettings};
 
-/// At most this many id ranges are kept per instrument for duplicate detection.
-const MAX_ID_RANGES: usize = 4096;
+/// At most this many id ranges are kept per instrument for duplicate detection (ids are forgotten
+/// once too old to count, so only hostile ids reach it; a trade refused by it is dead-lettered as
+/// `dedup_full`). A range takes about 40 bytes.
+const MAX_ID_RANGES: usize = 1 << 20;
 
 /// Runs the aggregator until `shutdown`; then drains the ring, flushes, checkpoints and returns.
 pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<()> {
@@ -65,15 +67,15 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
         revision_window_us: micros(config.aggregation.revision_window.get()),
         update_throttle_us: micros(config.aggregation.update_throttle.get()),
         max_id_ranges: MAX_ID_RANGES,
+        live_lag_us: micros(config.aggregation.live_lag.get()),
     };
     let mut shards: Vec<Shard> = (0..shard_count).map(|i| Shard::new(i, settings.clone())).collect();
-    let now = clock.now();
     for (partition, (_, state)) in &checkpoints {
         for instrument in &state.instruments {
             let target = wick_core::Instrument::new(&instrument.instrument)
                 .map(|i| shard_of(&i, shard_count))
                 .with_context(|| format!("checkpoint of partition {partition}"))?;
-            shards[target].restore(*partition, instrument, now).map_err(|e| anyhow::anyhow!("checkpoint of partition {partition}: {e}"))?;
+            shards[target].restore(*partition, instrument).map_err(|e| anyhow::anyhow!("checkpoint of partition {partition}: {e}"))?;
         }
     }
 
@@ -112,14 +114,18 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     let output =
         tokio::spawn(pipeline::output(client.clone(), config.clone(), output_rx, to_store, shard_count, metrics.clone(), shutdown.clone()));
 
+    let wall = Arc::new(pipeline::SteadyWall::new(clock));
+    let statuses: Vec<(i32, Arc<pipeline::PartitionStatus>)> = owned.iter().map(|&p| (p, Arc::default())).collect();
+    let ticker = tokio::spawn(pipeline::tick(config.aggregation.tick.get(), statuses.clone(), wall.clone(), input_tx.clone(), shutdown.clone()));
     let mut fetchers = Vec::new();
-    for &partition in &owned {
+    for (partition, status) in statuses {
         let fetcher = Fetcher {
             client: client.clone(),
             config: config.clone(),
             partition,
             metrics: metrics.clone(),
-            clock: clock.clone(),
+            wall: wall.clone(),
+            status,
             readiness: readiness.clone(),
         };
         let start = checkpoints.get(&partition).map(|(offset, _)| *offset);
@@ -136,6 +142,9 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
             Err(e) => failure = failure.or(Some(anyhow::anyhow!("a partition fetcher panicked: {e}"))),
         }
     }
+    // The ticker holds the last sender of the ring publisher's channel.
+    ticker.abort();
+    let _ = ticker.await;
     // The fetchers are done: the publisher closes the ring, the shards drain it, the output task
     // produces the rest and hands over the last checkpoints.
     let result = output.await;

@@ -106,6 +106,7 @@ impl Metrics {
         self.too_late.inc_by(s.too_late);
         self.dead_letters.with_label_values(&["too_late"]).inc_by(s.too_late);
         self.dead_letters.with_label_values(&["overflow"]).inc_by(s.errors);
+        self.dead_letters.with_label_values(&["dedup_full"]).inc_by(s.dedup_full);
         self.aggregation_errors.inc_by(s.errors);
         self.candles_emitted.with_label_values(&["update"]).inc_by(s.updates);
         self.candles_emitted.with_label_values(&["final"]).inc_by(s.finals);

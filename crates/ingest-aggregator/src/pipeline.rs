@@ -36,7 +36,7 @@ use wick_wire::pb;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::shard::{shard_of, Output, Shard};
+use crate::shard::{shard_of, Output, Shard, Tick};
 
 /// What fetch tasks hand to the ring publisher.
 #[derive(Debug)]
@@ -47,8 +47,7 @@ pub enum Input {
     },
     Tick {
         partition: i32,
-        caught_up: bool,
-        now: Timestamp,
+        tick: Tick,
     },
     /// `seq` numbers the barriers of a partition, so that every one is joined on its own.
     Barrier {
@@ -74,8 +73,7 @@ pub struct Event {
     shard: usize,
     partition: i32,
     offset: i64,
-    caught_up: bool,
-    now: Timestamp,
+    tick: Tick,
     seq: u64,
     trade: Option<Trade>,
 }
@@ -97,11 +95,10 @@ pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, sha
                     }
                 })
             }
-            Input::Tick { partition, caught_up, now } => producer.publish(|slot| {
+            Input::Tick { partition, tick } => producer.publish(|slot| {
                 slot.kind = Kind::Tick;
                 slot.partition = partition;
-                slot.caught_up = caught_up;
-                slot.now = now;
+                slot.tick = tick;
             }),
             Input::Barrier { partition, offset, seq } => producer.publish(|slot| {
                 slot.kind = Kind::Barrier;
@@ -130,7 +127,7 @@ pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Send
                     shard.on_trade(trade, e.partition, e.offset, &mut out);
                 }
             }
-            Kind::Tick => shard.on_tick(e.partition, e.caught_up, e.now),
+            Kind::Tick => shard.on_tick(e.partition, e.tick),
             Kind::Barrier => shard.on_barrier(e.partition, e.offset, e.seq, &mut out),
             _ => {}
         });
@@ -387,13 +384,82 @@ pub async fn store_checkpoints(pool: Pool, topic: String, checkpoints: Checkpoin
     }
 }
 
+/// The wall clock as the aggregator uses it: never going back. A backward step (NTP, VM resume)
+/// would otherwise make trades the clock had already passed look like they came from the future;
+/// a forward step only makes things look older (less live, never refused).
+#[derive(Debug)]
+pub struct SteadyWall {
+    clock: Arc<dyn Clock>,
+    latest: std::sync::atomic::AtomicI64,
+}
+
+impl SteadyWall {
+    pub fn new(clock: Arc<dyn Clock>) -> SteadyWall {
+        SteadyWall { clock, latest: std::sync::atomic::AtomicI64::new(0) }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        let now = self.clock.now().as_micros();
+        let latest = self.latest.fetch_max(now, std::sync::atomic::Ordering::Relaxed).max(now);
+        Timestamp::from_micros(latest).unwrap_or(Timestamp::MIN)
+    }
+
+    pub fn monotonic_micros(&self) -> i64 {
+        self.clock.monotonic_micros()
+    }
+}
+
+/// What a partition's fetch loop knows of being caught up, read by every tick of the partition.
+#[derive(Debug, Default)]
+pub struct PartitionStatus(std::sync::Mutex<(u64, Option<i64>)>);
+
+impl PartitionStatus {
+    /// A fetch that started at `started` (monotonic) reached the high watermark.
+    fn caught_up(&self, started: i64) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.1 = Some(started);
+    }
+
+    /// A fetch failed or left records behind: the chain of proofs is broken.
+    fn broken(&self) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 += 1;
+        s.1 = None;
+    }
+
+    /// The tick of this partition now.
+    pub fn tick(&self, wall: &SteadyWall) -> Tick {
+        let (epoch, caught_up_as_of) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Tick { wall: wall.now(), mono: wall.monotonic_micros(), epoch, caught_up_as_of }
+    }
+}
+
+/// The aggregator's clock: every `period`, one tick per owned partition, so that idle watermarks
+/// and throttled updates move on whether or not fetches return (a fetch can wait or fail for long).
+pub async fn tick(period: Duration, partitions: Vec<(i32, Arc<PartitionStatus>)>, wall: Arc<SteadyWall>, tx: mpsc::Sender<Input>, shutdown: Shutdown) {
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = shutdown.requested() => return,
+        }
+        for (partition, status) in &partitions {
+            if tx.send(Input::Tick { partition: *partition, tick: status.tick(&wall) }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// One owned partition's fetch loop.
 pub(crate) struct Fetcher {
     pub(crate) client: Arc<Client>,
     pub config: Config,
     pub partition: i32,
     pub metrics: Metrics,
-    pub clock: Arc<dyn Clock>,
+    pub wall: Arc<SteadyWall>,
+    pub status: Arc<PartitionStatus>,
     pub readiness: wick_service::ops::Readiness,
 }
 
@@ -429,7 +495,7 @@ impl Fetcher {
         // checkpoint, one at the start offset at once, so that a restart resumes here rather than
         // at a later log end.
         let mut barrier_seq = 0u64;
-        if tx.send(Input::Tick { partition: self.partition, caught_up: false, now: self.clock.now() }).await.is_err() {
+        if tx.send(Input::Tick { partition: self.partition, tick: self.status.tick(&self.wall) }).await.is_err() {
             return Ok(());
         }
         if start.is_none() {
@@ -446,8 +512,10 @@ impl Fetcher {
         let mut backoff = backoff();
         let partition_label = self.partition.to_string();
         let partitions = self.config.kafka.market_events_partitions;
+        let future_tolerance = i64::try_from(self.config.aggregation.future_tolerance.get().as_micros()).unwrap_or(i64::MAX);
         loop {
             let started = Instant::now();
+            let started_mono = self.wall.monotonic_micros();
             let fetched = tokio::select! {
                 r = source.fetch_records(offset, c.fetch_min_bytes..c.fetch_max_bytes, max_wait) => r,
                 _ = shutdown.requested() => break,
@@ -455,12 +523,14 @@ impl Fetcher {
             let (records, high_watermark) = match fetched {
                 Ok(f) => f,
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                    self.status.broken();
                     let Some(earliest) = self.offset_at(&source, OffsetAt::Earliest, &shutdown).await else { break };
                     tracing::error!(partition = self.partition, offset, earliest, "offset out of range: resuming at the earliest offset");
                     offset = earliest;
                     continue;
                 }
                 Err(e) => {
+                    self.status.broken();
                     self.readiness.set(false);
                     tracing::warn!(partition = self.partition, error = %e, "fetch failed; retrying");
                     tokio::select! {
@@ -485,27 +555,41 @@ impl Fetcher {
                     .headers
                     .get(wick_wire::CONTENT_TYPE_HEADER)
                     .is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
+                let now = self.wall.now();
                 let decoded = if json {
-                    wick_wire::decode_json_trade(&raw, self.clock.now()).map(|t| vec![t])
+                    wick_wire::decode_json_trade(&raw, now).map(|t| (t.instrument().clone(), vec![Ok(t)]))
                 } else {
-                    wick_wire::decode_trade_batch(&raw).map(|(_, t)| t)
-                }
-                .map_err(|e| e.to_string());
+                    wick_wire::decode_trade_batch_each(&raw)
+                };
                 // An instrument belongs to the partition its key hashes to: trades published elsewhere
                 // (a client without the key) would be aggregated beside the owner's state.
-                let decoded = decoded.and_then(|batch| match batch.first() {
-                    Some(t) if wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), partitions) != self.partition => {
-                        Err(format!(
-                            "{} belongs to partition {} (records must be keyed by instrument)",
-                            t.instrument(),
-                            wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), partitions)
-                        ))
+                let decoded = decoded.map_err(|e| (e.reason(), e.to_string())).and_then(|(instrument, batch)| {
+                    let owner = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions);
+                    if owner == self.partition {
+                        Ok(batch)
+                    } else {
+                        Err(("wrong_partition", format!("{instrument} belongs to partition {owner} (records must be keyed by instrument)")))
                     }
-                    _ => Ok(batch),
                 });
                 match decoded {
-                    Ok(batch) => trades.extend(batch.into_iter().map(|t| (r.offset, t))),
-                    Err(e) => self.dead_letter(&dlq, raw, &e, r.offset, &shutdown).await?,
+                    Ok(batch) => {
+                        for item in batch {
+                            match item {
+                                // Refused at the door: an event time beyond the clock plus the
+                                // tolerance would move the instrument's watermark into the future
+                                // and make every later trade of it too late.
+                                Ok(t) if t.event_time().as_micros() > now.as_micros().saturating_add(future_tolerance) => {
+                                    let detail = format!("event time {} is more than {:?} after the aggregator's clock ({now})", t.event_time(), self.config.aggregation.future_tolerance.get());
+                                    self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown).await?;
+                                }
+                                Ok(t) => trades.push((r.offset, t)),
+                                Err(refused) => {
+                                    self.dead_letter(&dlq, refused.value, refused.error.reason(), &refused.error.to_string(), r.offset, &shutdown).await?;
+                                }
+                            }
+                        }
+                    }
+                    Err((reason, detail)) => self.dead_letter(&dlq, raw, reason, &detail, r.offset, &shutdown).await?,
                 }
                 offset = r.offset + 1;
                 if trades.len() >= c.max_poll_records {
@@ -518,11 +602,19 @@ impl Fetcher {
             self.metrics.records_consumed.with_label_values(&[&partition_label]).inc_by(consumed);
             self.metrics.trades_consumed.inc_by(trades.len() as u64);
             self.metrics.lag.with_label_values(&[&partition_label]).set(wick_kafka::lag(high_watermark, offset));
+            let fetched_any = consumed > 0;
             if !trades.is_empty() && tx.send(Input::Trades { partition: self.partition, trades }).await.is_err() {
                 return Ok(());
             }
-            let tick = Input::Tick { partition: self.partition, caught_up: offset >= high_watermark, now: self.clock.now() };
-            if tx.send(tick).await.is_err() {
+            // After the trades are in the channel, so that a tick proving the partition caught up
+            // always comes after what was read before it.
+            if offset >= high_watermark {
+                self.status.caught_up(started_mono);
+            } else {
+                self.status.broken();
+            }
+            // A tick right after trades lets their updates out without waiting for the timer.
+            if fetched_any && tx.send(Input::Tick { partition: self.partition, tick: self.status.tick(&self.wall) }).await.is_err() {
                 return Ok(());
             }
             if last_barrier.0.elapsed() >= interval && last_barrier.1 != offset {
@@ -556,11 +648,12 @@ impl Fetcher {
         }
     }
 
-    async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {
-        tracing::warn!(partition = self.partition, offset, reason, "malformed record: dead-lettered");
-        let record = wick_kafka::dead_letter_record(raw, reason, &self.config.kafka.market_events_topic, self.partition, offset);
+    async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, detail: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {
+        tracing::warn!(partition = self.partition, offset, reason, detail, "record or trade refused: dead-lettered");
+        let mut record = wick_kafka::dead_letter_record(raw, reason, &self.config.kafka.market_events_topic, self.partition, offset);
+        record.headers.insert("detail".to_owned(), detail.as_bytes().to_vec());
         produce_acknowledged(dlq, vec![record], shutdown, &self.metrics).await?;
-        self.metrics.dead_letters.with_label_values(&["malformed"]).inc();
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
         Ok(())
     }
 }

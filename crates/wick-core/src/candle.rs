@@ -372,10 +372,15 @@ impl Candle {
         self.quote_volume.checked_div_rounded(self.volume, VWAP_SCALE)
     }
 
-    /// Increases with every change and is the same on every replay of the same trades: the number
-    /// of trades in the candle, plus one once it is final. Writers keep the highest version.
+    /// Increases strictly with every change and is the same on every replay of the same trades:
+    /// twice the number of trades, plus one once the candle is final. A candle changes only by
+    /// taking trades (+2 each) or by closing (+1, once, never undone), so "n trades, closed"
+    /// (2n + 1) always sits between "n trades, open" (2n) and "n + 1 trades, open" (2n + 2), and a
+    /// revision of a final candle (2n + 1 -> 2n + 3) outranks both. Being derived from the content,
+    /// it needs no counter in checkpoints and replays and restarts give the same numbers. Writers
+    /// keep the highest version.
     pub fn version(&self) -> u64 {
-        self.trade_count + u64::from(self.closed)
+        self.trade_count.saturating_mul(2).saturating_add(u64::from(self.closed))
     }
 }
 
@@ -427,9 +432,9 @@ mod tests {
         assert_eq!(c.first_trade().unwrap().trade_id, 1);
         assert_eq!(c.last_trade().unwrap().trade_id, 4);
         assert_eq!(c.vwap().unwrap().to_string(), "99.8500000000000000");
-        assert_eq!(c.version(), 4);
+        assert_eq!(c.version(), 8);
         c.mark_closed();
-        assert_eq!(c.version(), 5);
+        assert_eq!(c.version(), 9);
     }
 
     #[test]

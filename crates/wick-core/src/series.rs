@@ -34,6 +34,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use crate::candle::{Candle, CandleError};
+use crate::decimal::Decimal;
 use crate::instrument::Instrument;
 use crate::interval::Interval;
 use crate::time::Timestamp;
@@ -182,6 +183,9 @@ pub struct CandleSeries {
     /// The earliest horizon at which `advance` has something to do: the end of an open bucket or
     /// the expiry of a kept final.
     deadline: Timestamp,
+    /// An upper bound of the volume and quote volume of every candle that can still change. See
+    /// [`CandleSeries::admit`]; `None` when it must be recomputed.
+    guard: Option<(Decimal, Decimal)>,
 }
 
 impl CandleSeries {
@@ -222,6 +226,7 @@ impl CandleSeries {
             horizon,
             revision_window: 0,
             deadline: Timestamp::END,
+            guard: Some((Decimal::ZERO, Decimal::ZERO)),
         })
     }
 
@@ -262,9 +267,12 @@ impl CandleSeries {
         }
         let time = trade.event_time();
         // Nearly always the newest open candle: a range check, no division.
-        if let Some(newest) = self.open_base.back_mut() {
+        if let Some(newest) = self.open_base.back() {
             if newest.open_time() <= time && time < newest.next_open_time() {
-                newest.accumulate(trade)?;
+                self.admit(trade)?;
+                if let Some(newest) = self.open_base.back_mut() {
+                    newest.accumulate(trade)?;
+                }
                 return Ok(Applied::Open);
             }
         }
@@ -273,6 +281,7 @@ impl CandleSeries {
         if base.next_open(open) <= self.horizon {
             return Ok(Applied::Late);
         }
+        self.admit(trade)?;
         let position = self.open_base.iter().rposition(|c| c.open_time() <= open);
         if let Some(i) = position.filter(|&i| self.open_base[i].open_time() == open) {
             self.open_base[i].accumulate(trade)?;
@@ -302,6 +311,7 @@ impl CandleSeries {
         if time < self.revision_floor() {
             return Ok(Revision::TooLate);
         }
+        self.admit(trade)?;
         // Every change is computed before any is made, so that an overflow leaves the series as it
         // was. A level gets either a revised final (closed) or a new partial (open), never both.
         let mut updated: [Option<Candle>; Interval::ALL.len()] = std::array::from_fn(|_| None);
@@ -423,6 +433,48 @@ impl CandleSeries {
         self.horizon.saturating_sub_micros(self.revision_window)
     }
 
+    /// The earliest event time a trade can still be counted at (in an open base candle or by a
+    /// revision): anything older is late beyond the revision window, so its duplicates need not be
+    /// remembered.
+    pub fn accepts_from(&self) -> Timestamp {
+        let base = self.levels[0].interval;
+        self.revision_floor().min(base.bucket_start(self.horizon))
+    }
+
+    /// Lets a trade in only if no candle it can reach could overflow, so that an overflow is
+    /// always the refusal of one trade and never an `advance` that fails forever (which would stop
+    /// every later candle of the instrument).
+    ///
+    /// Every candle that can still change is made of the open base candles, the partials and the
+    /// kept finals (all of them positive sums) plus trades admitted from now on; so is every candle
+    /// it will be merged into. The guard is such a sum: while its checked addition succeeds, every
+    /// such candle's sums are at most its value at at most its scale, and cannot overflow either.
+    /// The guard only grows; when it would overflow it is recomputed from what the series still
+    /// holds (what went final and expired no longer counts), and only if the trade still does not
+    /// fit is it refused. Cost per trade: one multiplication and two additions.
+    fn admit(&mut self, trade: &Trade) -> Result<(), CandleError> {
+        let overflow = CandleError::Overflow("the candles of this instrument");
+        let quote = trade.price().checked_mul(trade.quantity()).ok_or(overflow.clone())?;
+        let add = |(volume, value): (Decimal, Decimal)| Some((volume.checked_add(trade.quantity())?, value.checked_add(quote)?));
+        if let Some(guard) = self.guard.and_then(add) {
+            self.guard = Some(guard);
+            return Ok(());
+        }
+        self.guard = self.held_total();
+        let guard = self.guard.and_then(add).ok_or(overflow)?;
+        self.guard = Some(guard);
+        Ok(())
+    }
+
+    /// The volume and quote volume of every candle the series holds, summed; `None` on overflow.
+    fn held_total(&self) -> Option<(Decimal, Decimal)> {
+        let held = self.open_base.iter().chain(self.levels.iter().filter_map(|l| l.partial.as_ref()));
+        let held = held.chain(self.levels.iter().flat_map(|l| l.recent_finals.iter()));
+        held.into_iter().try_fold((Decimal::ZERO, Decimal::ZERO), |(volume, value), c| {
+            Some((volume.checked_add(c.volume())?, value.checked_add(c.quote_volume())?))
+        })
+    }
+
     fn drop_expired_finals(&mut self) {
         let floor = self.revision_floor();
         for level in &mut self.levels {
@@ -525,6 +577,9 @@ impl CandleSeries {
             }
         }
         series.deadline = series.next_deadline();
+        // Restored candles that together overflow leave no guard: every trade recomputes it and is
+        // refused while they still do.
+        series.guard = series.held_total();
         Ok(series)
     }
 
@@ -599,6 +654,34 @@ mod tests {
     }
 
     #[test]
+    fn a_trade_that_would_overflow_a_rollup_is_refused_and_the_instrument_goes_on() {
+        let intervals = [Interval::S1, Interval::M1, Interval::Mo1];
+        let mut s = series(&intervals).with_revision_window(600_000_000);
+        let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+        let make = |id: u64, secs: i64, price: &str, qty: &str| {
+            let t = at(secs);
+            Trade::new(instrument.clone(), id, price.parse().unwrap(), qty.parse().unwrap(), TakerSide::Buy, t, t).unwrap()
+        };
+        // 20 decimals together: every sum of its candles carries 20 from now on.
+        assert_eq!(s.apply(&make(1, 1, "1.0000000001", "1.0000000001")).unwrap(), Applied::Open);
+        // Alone in its own 1s candle this one fits, but rolled up with the first at scale 20 it
+        // would not: the 1m and 1M candles would overflow when it went final.
+        let huge = make(2, 2, "900000000000000000", "900000000000000000");
+        assert_eq!(s.apply(&huge), Err(CandleError::Overflow("the candles of this instrument")));
+        // Nothing of it was kept, and everything else goes on.
+        assert_eq!(s.apply(&make(3, 3, "2", "1")).unwrap(), Applied::Open);
+        let finals = collect(&mut s, 120);
+        let minute = finals.iter().find(|c| c.interval() == Interval::M1).unwrap();
+        assert_eq!((minute.trade_count(), minute.high().to_string()), (2, "2".into()));
+        assert_eq!(s.apply(&make(4, 130, "3", "1")).unwrap(), Applied::Open);
+        assert_eq!(collect(&mut s, 200).iter().filter(|c| c.interval() == Interval::M1).count(), 1);
+        // A revision is checked the same way.
+        let mut revised = Vec::new();
+        assert!(s.revise(&make(5, 4, "900000000000000000", "900000000000000000"), &mut |c| revised.push(c)).is_err());
+        assert!(revised.is_empty());
+    }
+
+    #[test]
     fn picks_a_base_that_divides_everything() {
         let s = series(&[Interval::M5, Interval::M3]);
         assert_eq!(s.levels[0].interval, Interval::M1);
@@ -648,27 +731,6 @@ mod tests {
     }
 
     #[test]
-    fn an_overflowing_rollup_reports_the_error_and_loses_nothing() {
-        let instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
-        let make = |id, secs, value: &str| {
-            let t = at(secs);
-            Trade::new(instrument.clone(), id, value.parse().unwrap(), value.parse().unwrap(), TakerSide::Buy, t, t).unwrap()
-        };
-        let mut s = series(&[Interval::S1, Interval::M1]);
-        s.apply(&make(1, 0, "999999999999999999")).unwrap();
-        // Its quote volume has scale 36: adding 10^36 at that scale cannot fit in 38 digits.
-        s.apply(&make(2, 1, "0.000000000000000001")).unwrap();
-        let mut finals = Vec::new();
-        for secs in [60, 61] {
-            assert_eq!(s.advance(at(secs), &mut |c| finals.push(c)), Err(CandleError::Overflow("quote volume")));
-        }
-        // The first second was folded and reported once; the second is still held, not dropped.
-        assert_eq!(finals.iter().map(|c| (c.interval(), c.trade_count())).collect::<Vec<_>>(), vec![(Interval::S1, 1)]);
-        assert_eq!(s.open_base.len(), 1);
-        assert_eq!(s.levels[1].partial.as_ref().map(Candle::trade_count), Some(1));
-    }
-
-    #[test]
     fn horizon_never_moves_back() {
         let mut s = series(&[Interval::M1]);
         s.advance(at(600), &mut |_| {}).unwrap();
@@ -710,13 +772,13 @@ mod tests {
         let (outcome, revised) = revise(&mut s, &late);
         assert_eq!(outcome, Revision::Revised);
         // The 1m final goes from version 2 (one trade, closed) to 3; the 5m bucket is still open.
-        assert_eq!(summary(&revised), vec![(Interval::M1, 60, 2, 3, true)]);
+        assert_eq!(summary(&revised), vec![(Interval::M1, 60, 2, 5, true)]);
         assert_eq!(revised[0].high().to_string(), "9");
-        assert_eq!(summary(&open(&s)), vec![(Interval::M5, 0, 3, 3, false)]);
-        assert_eq!(summary(&collect(&mut s, 300)), vec![(Interval::M5, 0, 3, 4, true)]);
+        assert_eq!(summary(&open(&s)), vec![(Interval::M5, 0, 3, 6, false)]);
+        assert_eq!(summary(&collect(&mut s, 300)), vec![(Interval::M5, 0, 3, 7, true)]);
         // The 5m final is kept too: a second late trade revises both.
         let (_, revised) = revise(&mut s, &trade(4, 20, "1"));
-        assert_eq!(summary(&revised), vec![(Interval::M1, 0, 2, 3, true), (Interval::M5, 0, 4, 5, true)]);
+        assert_eq!(summary(&revised), vec![(Interval::M1, 0, 2, 5, true), (Interval::M5, 0, 4, 9, true)]);
         assert!(open(&s).is_empty());
     }
 
@@ -727,11 +789,11 @@ mod tests {
         assert!(collect(&mut s, 360).is_empty());
         let (outcome, revised) = revise(&mut s, &trade(1, 100, "2"));
         assert_eq!(outcome, Revision::Revised);
-        assert_eq!(summary(&revised), vec![(Interval::M3, 0, 1, 2, true), (Interval::M5, 0, 1, 2, true)]);
+        assert_eq!(summary(&revised), vec![(Interval::M3, 0, 1, 3, true), (Interval::M5, 0, 1, 3, true)]);
         // 1h gets it from the partial the revision started (3m and 5m are both final here).
-        assert_eq!(summary(&open(&s)), vec![(Interval::H1, 0, 1, 1, false)]);
+        assert_eq!(summary(&open(&s)), vec![(Interval::H1, 0, 1, 2, false)]);
         // Nothing else is open: the new partial alone must wake `advance` at the end of the hour.
-        assert_eq!(summary(&collect(&mut s, 3_600)), vec![(Interval::H1, 0, 1, 2, true)]);
+        assert_eq!(summary(&collect(&mut s, 3_600)), vec![(Interval::H1, 0, 1, 3, true)]);
     }
 
     #[test]
@@ -744,7 +806,7 @@ mod tests {
         assert_eq!((outcome, revised.len()), (Revision::TooLate, 0));
         assert_eq!(s.snapshot(), before);
         let (outcome, revised) = revise(&mut s, &trade(3, 140, "1"));
-        assert_eq!((outcome, summary(&revised)), (Revision::Revised, vec![(Interval::M1, 120, 2, 3, true)]));
+        assert_eq!((outcome, summary(&revised)), (Revision::Revised, vec![(Interval::M1, 120, 2, 5, true)]));
 
         let mut s = series(&[Interval::S1]);
         s.apply(&trade(1, 5, "1")).unwrap();
@@ -759,7 +821,7 @@ mod tests {
         collect(&mut s, 30);
         let (outcome, revised) = revise(&mut s, &trade(1, 20, "1"));
         assert_eq!((outcome, revised.len()), (Revision::Revised, 0));
-        assert_eq!(summary(&open(&s)), vec![(Interval::M1, 0, 1, 1, false)]);
+        assert_eq!(summary(&open(&s)), vec![(Interval::M1, 0, 1, 2, false)]);
     }
 
     #[test]
@@ -809,7 +871,7 @@ mod tests {
             match s.revise(&huge(id, 1), &mut |_| reported += 1) {
                 Ok(outcome) => assert_eq!((outcome, reported), (Revision::Revised, 1)),
                 Err(err) => {
-                    assert_eq!((err, reported), (CandleError::Overflow("quote volume"), 0));
+                    assert_eq!((err, reported), (CandleError::Overflow("the candles of this instrument"), 0));
                     assert_eq!(s.snapshot(), before);
                     assert!(id > 100, "{id}");
                     return;
@@ -835,9 +897,9 @@ mod tests {
         assert_eq!(
             [&snapshot.open_base, &snapshot.partials, &snapshot.recent_finals].map(|part| summary(part)),
             [
-                vec![(Interval::M1, 240, 1, 1, false)],
-                vec![(Interval::M3, 180, 1, 1, false), (Interval::M5, 0, 3, 3, false)],
-                vec![(Interval::M3, 0, 2, 3, true)],
+                vec![(Interval::M1, 240, 1, 2, false)],
+                vec![(Interval::M3, 180, 1, 2, false), (Interval::M5, 0, 3, 6, false)],
+                vec![(Interval::M3, 0, 2, 5, true)],
             ]
         );
         let mut restored =

@@ -183,12 +183,19 @@ pub const fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
-/// The source of "now" for everything that depends on wall time, injected so tests control it.
+/// The source of "now" for everything that depends on time, injected so tests control it.
+///
+/// Two clocks, because they answer different questions: [`Clock::now`] is the wall clock (what
+/// time it is, as a timestamp; it can step forward or back when NTP corrects it or a VM resumes),
+/// [`Clock::monotonic_micros`] measures how much time passed (it never steps, and means nothing
+/// across processes). Durations (idle time, throttles) are measured on the second only.
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> Timestamp;
+    /// Microseconds since an arbitrary origin fixed for the life of the process; never decreases.
+    fn monotonic_micros(&self) -> i64;
 }
 
-/// The system clock.
+/// The system clock: `SystemTime` for the wall clock, `Instant` for elapsed time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -200,29 +207,54 @@ impl Clock for SystemClock {
             .unwrap_or(0);
         Timestamp(micros.clamp(Timestamp::MIN.0, Timestamp::END.0 - 1))
     }
+
+    fn monotonic_micros(&self) -> i64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        i64::try_from(origin.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
 }
 
-/// A clock that moves only when told to; clones share the same time.
+/// A clock that moves only when told to; clones share the same time. Time passing
+/// ([`ManualClock::advance_micros`], [`ManualClock::set`] forward) moves both clocks; a wall-clock
+/// step ([`ManualClock::step_wall_micros`]) moves only the wall clock, as an NTP step does.
 #[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
+pub struct ManualClock {
+    wall: Arc<AtomicI64>,
+    monotonic: Arc<AtomicI64>,
+}
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(start.0)))
+        ManualClock { wall: Arc::new(AtomicI64::new(start.0)), monotonic: Arc::new(AtomicI64::new(0)) }
     }
 
+    /// Time passes until the wall clock reads `to` (a `to` in the past steps the wall clock back
+    /// and lets no time pass).
     pub fn set(&self, to: Timestamp) {
-        self.0.store(to.0, Ordering::SeqCst);
+        let before = self.wall.swap(to.0, Ordering::SeqCst);
+        self.monotonic.fetch_add((to.0 - before).max(0), Ordering::SeqCst);
     }
 
+    /// `micros` of time pass (both clocks move).
     pub fn advance_micros(&self, micros: i64) {
-        self.0.fetch_add(micros, Ordering::SeqCst);
+        self.wall.fetch_add(micros, Ordering::SeqCst);
+        self.monotonic.fetch_add(micros.max(0), Ordering::SeqCst);
+    }
+
+    /// The wall clock steps by `micros` (either way) while no time passes.
+    pub fn step_wall_micros(&self, micros: i64) {
+        self.wall.fetch_add(micros, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
+        Timestamp(self.wall.load(Ordering::SeqCst))
+    }
+
+    fn monotonic_micros(&self) -> i64 {
+        self.monotonic.load(Ordering::SeqCst)
     }
 }
 

@@ -32,11 +32,18 @@ impl fmt::Display for TakerSide {
 }
 
 /// Prices and quantities carry at most 18 digits after the point and 18 significant digits, so
-/// one trade's price x quantity always fits. Sums can still exceed 38 digits when huge values meet
-/// many decimals (a quote volume of 10^3 at scale 36, say); every sum is checked and reports
-/// `CandleError::Overflow` rather than rounding.
+/// one trade's price x quantity always fits.
 pub const MAX_TRADE_SCALE: u8 = 18;
 const MAX_TRADE_COEFFICIENT: i128 = 1_000_000_000_000_000_000;
+
+/// Digits after the point of price and quantity together, at most. A candle's quote volume is a
+/// sum of price x quantity at the largest scale any of its trades had, in an `i128` coefficient
+/// (38 digits): one trade of 18 + 18 decimals would leave 2 digits before the point for every later
+/// sum of its candles, and the next ordinary trade would overflow them. With at most 20, a candle
+/// holds 10^18 units of the quote currency, millions of times the monthly volume of the busiest
+/// market in any currency, while every exchange Wick reads stays well inside it (Binance and
+/// Coinbase use at most 8 + 8, Kraken at most 10 + 8).
+pub const MAX_COMBINED_SCALE: u8 = 20;
 
 /// A trade, validated: positive price and quantity of bounded size and an event time in range.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -63,6 +70,18 @@ pub enum TradeError {
     NonPositiveQuantity(Decimal),
     #[error("{field} {value} has more than 18 digits after the point or 18 significant digits")]
     TooPrecise { field: &'static str, value: Decimal },
+    #[error("price {price} and quantity {quantity} have more than 20 digits after the point together: the sums of their candles could overflow")]
+    CombinedScale { price: Decimal, quantity: Decimal },
+}
+
+impl TradeError {
+    /// A short, stable name of the refusal, for dead-letter headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TradeError::NonPositivePrice(_) | TradeError::NonPositiveQuantity(_) => "not_positive",
+            TradeError::TooPrecise { .. } | TradeError::CombinedScale { .. } => "too_precise",
+        }
+    }
 }
 
 /// The order of trades within a candle: by event time, then trade id.
@@ -87,6 +106,17 @@ impl Trade {
         }
         if !quantity.is_positive() {
             return Err(TradeError::NonPositiveQuantity(quantity));
+        }
+        // Trailing zeros carry no value: dropping them keeps the trade exact, and is done only when
+        // a bound would refuse it otherwise, so that a feed's usual form ("63250.10000000") is kept.
+        let (price, quantity) =
+            if price.scale() > MAX_TRADE_SCALE || quantity.scale() > MAX_TRADE_SCALE || price.scale() + quantity.scale() > MAX_COMBINED_SCALE {
+                (price.normalized(), quantity.normalized())
+            } else {
+                (price, quantity)
+            };
+        if price.scale() + quantity.scale() > MAX_COMBINED_SCALE && price.scale() <= MAX_TRADE_SCALE && quantity.scale() <= MAX_TRADE_SCALE {
+            return Err(TradeError::CombinedScale { price, quantity });
         }
         let compact = |field, value: Decimal| match i64::try_from(value.coefficient()) {
             Ok(c) if value.scale() <= MAX_TRADE_SCALE && value.coefficient() < MAX_TRADE_COEFFICIENT => Ok(c),
@@ -168,5 +198,21 @@ mod tests {
         assert!(matches!(trade("1e-19", "1"), Err(TradeError::TooPrecise { field: "price", .. })));
         assert!(matches!(trade("1", "1000000000000000000"), Err(TradeError::TooPrecise { field: "quantity", .. })));
         assert!(trade("1", "0").unwrap_err().to_string().contains("quantity 0 is not positive"));
+    }
+
+    #[test]
+    fn refuses_decimals_that_would_overflow_candle_sums_after_dropping_trailing_zeros() {
+        let over = trade("0.123456789012345678", "0.123456789012345678").unwrap_err();
+        assert!(matches!(over, TradeError::CombinedScale { .. }), "{over:?}");
+        assert_eq!(over.reason(), "too_precise");
+        // 20 together is the bound, inclusive.
+        assert!(trade("0.1234567891", "0.1234567891").is_ok());
+        assert!(trade("0.1234567891", "0.12345678901").is_err());
+        // Trailing zeros are dropped when that brings a trade within the bounds, and only then.
+        let normalized = trade("100.000000000000000000", "0.500000000000000000").unwrap();
+        assert_eq!((normalized.price().to_string(), normalized.quantity().to_string()), ("100".into(), "0.5".into()));
+        let kept = trade("63250.10000000", "0.00150000").unwrap();
+        assert_eq!((kept.price().to_string(), kept.quantity().to_string()), ("63250.10000000".into(), "0.00150000".into()));
+        assert_eq!(trade("1.0000000000000000000", "2").unwrap().price().to_string(), "1");
     }
 }

@@ -290,9 +290,9 @@ impl Consumer {
                 Output::Revised(candle) => {
                     prop_assert!(candle.is_closed());
                     let key = (candle.interval(), candle.open_time().as_micros());
-                    // One version up from the last report; a bucket without trades starts at one
-                    // trade, closed.
-                    let version = self.latest.get(&key).map_or(2, |last| last.version() + 1);
+                    // One trade more than the last report (two versions up); a bucket without
+                    // trades starts at one trade, closed.
+                    let version = self.latest.get(&key).map_or(3, |last| last.version() + 2);
                     prop_assert_eq!(candle.version(), version, "revision of {:?}", key);
                     self.latest.insert(key, candle);
                 }

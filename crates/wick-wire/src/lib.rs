@@ -35,8 +35,26 @@ pub enum WireError {
     Missing { field: &'static str },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("{field}: {source}")]
+    Time { field: &'static str, source: wick_core::TimestampError },
+    #[error("trade refused: {0}")]
+    Refused(wick_core::TradeError),
     #[error("trade {index} of the batch: {source}")]
     InBatch { index: usize, source: Box<WireError> },
+}
+
+impl WireError {
+    /// A short, stable name of the refusal, for dead-letter headers and metric labels:
+    /// `bad_time` (outside 1970 to 2199), the trade's own reasons (`too_precise`, `not_positive`),
+    /// or `malformed` for everything else.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WireError::Time { .. } => "bad_time",
+            WireError::Refused(e) => e.reason(),
+            WireError::InBatch { source, .. } => source.reason(),
+            WireError::Protobuf { .. } | WireError::Json(_) | WireError::Missing { .. } | WireError::Invalid { .. } => "malformed",
+        }
+    }
 }
 
 fn invalid(field: &'static str, reason: impl fmt::Display) -> WireError {
@@ -61,7 +79,7 @@ pub fn decimal(field: &'static str, d: Option<&pb::Decimal>) -> Result<Decimal, 
 }
 
 fn timestamp(field: &'static str, micros: i64) -> Result<Timestamp, WireError> {
-    Timestamp::from_micros(micros).map_err(|e| invalid(field, e))
+    Timestamp::from_micros(micros).map_err(|source| WireError::Time { field, source })
 }
 
 fn side_to_wire(side: TakerSide) -> pb::TakerSide {
@@ -106,7 +124,7 @@ pub fn trade_from_wire(t: &pb::Trade, instrument: &Instrument) -> Result<Trade, 
         timestamp("event_time_us", t.event_time_us)?,
         timestamp("receive_time_us", t.receive_time_us)?,
     )
-    .map_err(|e| invalid("trade", e))
+    .map_err(WireError::Refused)
 }
 
 /// Encodes the trades of one instrument as one `market-events` record value.
@@ -143,6 +161,43 @@ pub fn decode_trade_batch(bytes: &[u8]) -> Result<(Instrument, Vec<Trade>), Wire
     Ok((instrument, trades))
 }
 
+/// A trade of a batch that was refused, for the dead-letter topic: `value` is a `TradeBatch` of the
+/// batch's instrument holding only that trade, as it came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedTrade {
+    pub index: usize,
+    pub error: WireError,
+    pub value: Vec<u8>,
+}
+
+/// Decodes a `market-events` protobuf record trade by trade: a record that cannot be read at all
+/// is an error, but one bad trade in a readable batch is refused alone and the others go on.
+pub fn decode_trade_batch_each(bytes: &[u8]) -> Result<(Instrument, Vec<Result<Trade, RefusedTrade>>), WireError> {
+    let batch = pb::TradeBatch::decode(bytes).map_err(|e| WireError::Protobuf { message: "TradeBatch", reason: e.to_string() })?;
+    let instrument = Instrument::new(&batch.instrument).map_err(|e| invalid("instrument", e))?;
+    let trades = batch
+        .trades
+        .iter()
+        .enumerate()
+        .map(|(index, t)| {
+            let decoded = if !t.instrument.is_empty() && t.instrument != batch.instrument {
+                Err(invalid("instrument", format!("trade of {} in a batch of {}", t.instrument, batch.instrument)))
+            } else {
+                trade_from_wire(t, &instrument)
+            };
+            decoded.map_err(|error| {
+                let alone = pb::TradeBatch {
+                    instrument: batch.instrument.clone(),
+                    exchange_symbol: batch.exchange_symbol.clone(),
+                    trades: vec![t.clone()],
+                };
+                RefusedTrade { index, error: WireError::InBatch { index, source: Box::new(error) }, value: alone.encode_to_vec() }
+            })
+        })
+        .collect();
+    Ok((instrument, trades))
+}
+
 /// The JSON form of one trade, as plain clients publish it: decimals as strings, times as epoch
 /// microseconds or RFC 3339 strings.
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -169,7 +224,7 @@ fn json_decimal(field: &'static str, v: &serde_json::Value) -> Result<Decimal, W
 fn json_time(field: &'static str, v: &serde_json::Value) -> Result<Timestamp, WireError> {
     match v {
         serde_json::Value::Number(n) => timestamp(field, n.as_i64().ok_or_else(|| invalid(field, "must be an integer of microseconds"))?),
-        serde_json::Value::String(s) => Timestamp::parse_rfc3339(s).map_err(|e| invalid(field, e)),
+        serde_json::Value::String(s) => Timestamp::parse_rfc3339(s).map_err(|source| WireError::Time { field, source }),
         _ => Err(invalid(field, "must be epoch microseconds or an RFC 3339 string")),
     }
 }
@@ -198,7 +253,7 @@ pub fn decode_json_trade(bytes: &[u8], received: Timestamp) -> Result<Trade, Wir
         json_time("event_time", &j.event_time)?,
         j.receive_time.as_ref().map(|v| json_time("receive_time", v)).transpose()?.unwrap_or(received),
     )
-    .map_err(|e| invalid("trade", e))
+    .map_err(WireError::Refused)
 }
 
 /// Encodes a trade as the JSON single-trade record (the inverse of [`decode_json_trade`]).
