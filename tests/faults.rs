@@ -38,9 +38,6 @@ const TERMINATOR_MS: i64 = 1_717_200_000_000;
 /// Candles opening from here on hold only terminators: their `closed` flag follows the clock, so
 /// they are counted but not compared.
 const HISTORY_END_MS: i64 = 1_714_521_600_000; // 2024-05-01
-/// Longer than any outage of a drill: a source outage longer than the allowed lateness closes
-/// candles on the clock, by design, and a replay after it would revise them.
-const ALLOWED_LATENESS: &str = "300s";
 
 /// How big the run is.
 #[derive(Clone, Debug)]
@@ -275,7 +272,6 @@ impl Deployment {
                     .env("WICK__CONSUMER__AUTO_OFFSET_RESET", "earliest")
                     .env("WICK__CONSUMER__FETCH_MAX_WAIT", "50ms")
                     .env("WICK__RING__WAIT_STRATEGY", "blocking")
-                    .env("WICK__AGGREGATION__ALLOWED_LATENESS", ALLOWED_LATENESS)
                     .env("WICK__CHECKPOINT__DATABASE_URL", &b.database)
                     .env("WICK__CHECKPOINT__SCHEMA", &b.schema)
                     .env("WICK__CHECKPOINT__INTERVAL", "300ms");

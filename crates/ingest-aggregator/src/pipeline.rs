@@ -409,28 +409,30 @@ impl SteadyWall {
     }
 }
 
-/// What a partition's fetch loop knows of being caught up, read by every tick of the partition.
+/// What a partition's fetch loop knows of being caught up, read by every tick of the partition:
+/// (epoch, proofs so far, monotonic start of the latest fetch that reached the high watermark).
 #[derive(Debug, Default)]
-pub struct PartitionStatus(std::sync::Mutex<(u64, Option<i64>)>);
+pub struct PartitionStatus(std::sync::Mutex<(u64, u64, Option<i64>)>);
 
 impl PartitionStatus {
     /// A fetch that started at `started` (monotonic) reached the high watermark.
     fn caught_up(&self, started: i64) {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.1 = Some(started);
+        s.1 += 1;
+        s.2 = Some(started);
     }
 
     /// A fetch failed or left records behind: the chain of proofs is broken.
     fn broken(&self) {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.0 += 1;
-        s.1 = None;
+        s.2 = None;
     }
 
     /// The tick of this partition now.
     pub fn tick(&self, wall: &SteadyWall) -> Tick {
-        let (epoch, caught_up_as_of) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Tick { wall: wall.now(), mono: wall.monotonic_micros(), epoch, caught_up_as_of }
+        let (epoch, proof, caught_up_as_of) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Tick { wall: wall.now(), mono: wall.monotonic_micros(), epoch, proof, caught_up_as_of }
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Tick {
     /// Counts the partition's fetch failures, backlogs and restarts: idle credit is only given
     /// between two proofs of the same epoch.
     pub epoch: u64,
+    /// Counts the proofs of being caught up, so that a new one is told from a repeated one even
+    /// when the monotonic clock did not move (a coarse clock, or a test's).
+    pub proof: u64,
     /// The monotonic time as of which the partition was proven caught up (the start of a fetch
     /// that reached the high watermark), if it is.
     pub caught_up_as_of: Option<i64>,
@@ -110,8 +113,8 @@ pub struct Shard {
     with_pending: Vec<usize>,
     /// The wall clock as of the latest tick (never going back).
     now: Timestamp,
-    /// Per partition, the previous proof of being caught up: (epoch, monotonic time).
-    proofs: HashMap<i32, (u64, i64)>,
+    /// Per partition, the previous proof of being caught up: (epoch, proof number, monotonic time).
+    proofs: HashMap<i32, (u64, u64, i64)>,
     pub stats: ShardStats,
     scratch: Vec<Candle>,
 }
@@ -291,15 +294,15 @@ impl Shard {
         self.now = self.now.max(tick.wall);
         // Idle credit: the monotonic time between this proof of being caught up and the previous
         // one, if nothing broke the chain (same epoch) in between.
-        let proof = tick.caught_up_as_of.map(|at| (tick.epoch, at));
+        let proof = tick.caught_up_as_of.map(|at| (tick.epoch, tick.proof, at));
         let previous = self.proofs.get(&partition).copied();
         let credit = match (previous, proof) {
-            (Some((epoch, before)), Some((now_epoch, at))) if epoch == now_epoch => (at - before).max(0),
+            (Some((epoch, _, before)), Some((now_epoch, _, at))) if epoch == now_epoch => (at - before).max(0),
             _ => 0,
         };
         // A tick repeating the previous proof says nothing new: whether an instrument traded is
         // judged from one proof to the next.
-        let fresh = proof.is_none() || proof != previous;
+        let fresh = proof.is_none() || proof.map(|(e, n, _)| (e, n)) != previous.map(|(e, n, _)| (e, n));
         match proof {
             Some(p) => {
                 self.proofs.insert(partition, p);
@@ -427,7 +430,7 @@ mod tests {
     /// `mono` when `caught_up`.
     fn tick(secs: f64, mono: f64, epoch: u64, caught_up: bool) -> Tick {
         let mono = (mono * 1e6) as i64;
-        Tick { wall: wall(secs), mono, epoch, caught_up_as_of: caught_up.then_some(mono) }
+        Tick { wall: wall(secs), mono, epoch, proof: mono as u64, caught_up_as_of: caught_up.then_some(mono) }
     }
 
     fn final_intervals(out: &[Output]) -> Vec<Interval> {

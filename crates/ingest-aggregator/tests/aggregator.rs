@@ -1,9 +1,11 @@
 //! ingest-aggregator against the real broker and PostgreSQL (where its checkpoints live): a
 //! fixture with duplicates, out-of-order, late and too-late trades and quiet minutes gives exactly
 //! the reference candles for all 16 intervals; kill -9 at random moments loses and doubles nothing;
-//! two instances split the instruments; idle instruments close by the injected clock; two days of
-//! history of two instruments sharing a partition, replayed one file after the other, give exactly
-//! the reference; malformed records are dead-lettered.
+//! two instances split the instruments; a quiet live instrument closes its minute on time, also
+//! right after a restart; history replayed in parts with pauses longer than the revision window
+//! loses nothing; two days of history of two instruments sharing a partition, replayed one file
+//! after the other, give exactly the reference; hostile and malformed records are dead-lettered
+//! with their reasons; wall-clock steps refuse nothing.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -331,36 +333,221 @@ async fn two_instances_split_the_instruments_and_their_union_is_the_whole() {
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
 
+/// The minute candle of `i` holding `at` in the published output, if any.
+async fn minute_of(topic: &str, i: &Instrument, at: i64) -> Option<(CandleEventKind, Candle)> {
+    let key = (i.to_string(), Interval::M1, Interval::M1.bucket_start(Timestamp::from_micros(at).unwrap()).as_millis());
+    published(topic).await.0.get(&key).cloned()
+}
+
+/// Every dead letter on the test's dead-letter topic: (reason, value).
+async fn dead_letters(env: &Env) -> Vec<(String, Vec<u8>)> {
+    let client = wick_test_support::kafka().await;
+    let mut out = Vec::new();
+    for p in 0..2 {
+        let pc = client.partition_client(env.dlq.clone(), p, UnknownTopicHandling::Retry).await.unwrap();
+        for l in wick_test_support::read_to_end(&pc, 0, Duration::from_secs(10)).await.unwrap().0 {
+            out.push((String::from_utf8(l.record.headers["reason"].clone()).unwrap(), l.record.value.unwrap_or_default()));
+        }
+    }
+    out
+}
+
 #[tokio::test]
-async fn idle_instruments_close_by_the_injected_clock() {
+async fn a_quiet_live_instrument_closes_its_minute_on_time_also_right_after_a_restart() {
+    for restart in [false, true] {
+        let env = env().await;
+        // The aggregator's clock reads 00:00:08 as the trades of 00:00:05 and 00:00:08 arrive: live.
+        let start_at = Timestamp::parse_rfc3339("2026-01-01T00:00:08Z").unwrap();
+        let clock = ManualClock::new(start_at);
+        let i = instrument("SIM:IDLE-USD");
+        let t0 = start_at.as_micros();
+        let trades = vec![trade(&i, 1, t0 - 3 * SEC, "10", "1", TakerSide::Buy), trade(&i, 2, t0, "11", "2", TakerSide::Sell)];
+        produce(&env.market, &trades, 10).await;
+        let mut running = start(config(&env), Arc::new(clock.clone()));
+        wick_test_support::wait_until("the in-progress minute is published", Duration::from_secs(30), || async {
+            minute_of(&env.candles, &i, t0).await.is_some_and(|(_, c)| c.trade_count() == 2)
+        })
+        .await
+        .unwrap();
+        if restart {
+            // Stopped at 00:00:30 and started again: the watermark and liveness come back from the
+            // checkpoint, and idle closing goes on from there.
+            clock.set(Timestamp::from_micros(t0 + 22 * SEC).unwrap());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            running.stop().await;
+            running = start(config(&env), Arc::new(clock.clone()));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // 00:00:59.9: the minute has not ended.
+        clock.set(Timestamp::from_micros(t0 + 51 * SEC + 900_000).unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!minute_of(&env.candles, &i, t0).await.unwrap().1.is_closed(), "the minute has not ended (restart: {restart})");
+        // The minute's end plus the allowed lateness (1 s) plus one tick (50 ms): final.
+        clock.set(Timestamp::from_micros(t0 + 53 * SEC + 50_000).unwrap());
+        wick_test_support::wait_until("the idle minute closes", Duration::from_secs(30), || async {
+            minute_of(&env.candles, &i, t0).await.is_some_and(|(_, c)| c.is_closed())
+        })
+        .await
+        .unwrap();
+        let (got, _) = published(&env.candles).await;
+        let five = &got[&(i.to_string(), Interval::M5, Interval::M5.bucket_start(start_at).as_millis())];
+        assert!(!five.1.is_closed(), "the watermark moved by the idle time only");
+        running.stop().await;
+        env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+    }
+}
+
+/// History of three instruments (2.5 h crossing midnight), split in two by time.
+fn history_halves() -> (Vec<Vec<Trade>>, Vec<Vec<Trade>>, Vec<Trade>) {
+    let start = Timestamp::parse_rfc3339("2024-03-09T22:45:00Z").unwrap().as_micros();
+    let (mut first, mut second, mut sentinels) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, name) in ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT", "BINANCE:SOL-USDT"].iter().enumerate() {
+        let i = instrument(name);
+        let trades: Vec<Trade> = (0..3_000u64)
+            .map(|n| {
+                // Every 3 s, with a trade 0.4 s out of order now and then.
+                let at = start + n as i64 * 3 * SEC - if n % 13 == 7 { 400_000 } else { 0 };
+                trade(&i, n + 1, at, &format!("{}.{}", 100 + (n * 3 + k as u64) % 50, n % 10), "0.01", TakerSide::Buy)
+            })
+            .collect();
+        let (a, b) = trades.split_at(1_500);
+        first.push(a.to_vec());
+        second.push(b.to_vec());
+        sentinels.push(trade(&i, 1_000_000, start + 70 * 86_400 * SEC, "1", "1", TakerSide::Sell));
+    }
+    (first, second, sentinels)
+}
+
+#[tokio::test]
+async fn history_replayed_in_parts_with_pauses_longer_than_the_revision_window_loses_nothing() {
     let env = env().await;
-    let clock = ManualClock::new(Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap());
-    let i = instrument("SIM:IDLE-USD");
-    let t0 = Timestamp::parse_rfc3339("2025-06-01T12:00:10Z").unwrap().as_micros();
-    let trades = vec![trade(&i, 1, t0, "10", "1", TakerSide::Buy), trade(&i, 2, t0 + 20 * SEC, "11", "2", TakerSide::Sell)];
-    produce(&env.market, &trades, 10).await;
+    // Today's clock; the history is from 2024. Default settings but the test's topics.
+    let clock = ManualClock::new(Timestamp::parse_rfc3339("2026-06-01T12:00:00Z").unwrap());
+    let (first, second, sentinels) = history_halves();
     let running = start(config(&env), Arc::new(clock.clone()));
-    let minute = |got: &BTreeMap<Key, (CandleEventKind, Candle)>| {
-        got.get(&(i.to_string(), Interval::M1, Interval::M1.bucket_start(Timestamp::from_micros(t0).unwrap()).as_millis())).cloned()
+    let consumed = |n: usize| {
+        let metrics = running.metrics.clone();
+        async move {
+            wick_test_support::wait_until(&format!("{n} trades read"), Duration::from_secs(60), || async {
+                metrics.trades_consumed.get() >= n as u64
+            })
+            .await
+            .unwrap()
+        }
     };
-    wick_test_support::wait_until("the in-progress minute is published", Duration::from_secs(30), || async {
-        minute(&published(&env.candles).await.0).is_some_and(|(_, c)| c.trade_count() == 2)
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!minute(&published(&env.candles).await.0).unwrap().1.is_closed(), "no clock time passed: not final");
-    // 40 s of clock time: the watermark reaches 12:00:30 - 1 s + 40 s = 12:01:09, past the minute.
-    clock.advance_micros(40 * SEC);
-    wick_test_support::wait_until("the idle minute closes", Duration::from_secs(30), || async {
-        minute(&published(&env.candles).await.0).is_some_and(|(_, c)| c.is_closed())
-    })
-    .await
-    .unwrap();
+    // BTC's first half, ETH's first half, then SOL's, each a replay of its own ...
+    let mut read = 0;
+    for part in &first {
+        produce(&env.market, part, 200).await;
+        read += part.len();
+        consumed(read).await;
+    }
+    // ... an 11-minute pause (longer than the 10-minute revision window), caught up all along ...
+    for _ in 0..66 {
+        clock.advance_micros(10 * SEC);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... then the second halves in another order, and the sentinels that close everything.
+    for part in second.iter().rev() {
+        produce(&env.market, part, 200).await;
+        read += part.len();
+        consumed(read).await;
+        clock.advance_micros(120 * SEC);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(&env.market, &sentinels, 10).await;
+    let mut counted: Vec<Trade> = first.concat();
+    counted.extend(second.concat());
+    counted.extend(sentinels.clone());
+    let want = reference(&counted);
+    wait_for_finals(&env.candles, &want, &sentinels, Duration::from_secs(90)).await;
+    let metrics = running.stop().await;
+    assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
+    assert!(dead_letters(&env).await.is_empty(), "nothing dead-lettered");
     let (got, _) = published(&env.candles).await;
-    let five = got.get(&(i.to_string(), Interval::M5, Interval::M5.bucket_start(Timestamp::from_micros(t0).unwrap()).as_millis())).unwrap();
-    assert!(!five.1.is_closed(), "the watermark moved by the elapsed time, not to the clock's time");
-    running.stop().await;
+    assert_finals_equal(&got, &want, &sentinels);
+    env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_changes() {
+    let env = env().await;
+    let (first, second, sentinels) = history_halves();
+    let btc = instrument("BINANCE:BTC-USDT");
+    let partition = wick_kafka::partitioner::partition_for(btc.as_str().as_bytes(), PARTITIONS);
+    let client = wick_test_support::kafka().await;
+    let pc = wick_test_support::partition(&client, &env.market, partition).await;
+    let json = |body: &str| rskafka::record::Record {
+        key: Some(btc.as_str().as_bytes().to_vec()),
+        value: Some(body.as_bytes().to_vec()),
+        headers: [(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_JSON.as_bytes().to_vec())].into(),
+        timestamp: chrono::Utc::now(),
+    };
+    let in_the_middle = first[0][1_499].event_time().to_string();
+    let hostile = [
+        r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900001,"price":"100","quantity":"1","event_time":"2099-01-01T00:00:00Z"}"#.to_owned(),
+        format!(
+            r#"{{"instrument":"BINANCE:BTC-USDT","trade_id":900002,"price":"100.123456789012345678","quantity":"0.123456789012345678","event_time":"{in_the_middle}"}}"#
+        ),
+        r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900003,"price":"100","quantity":"1","event_time":-5}"#.to_owned(),
+    ];
+    produce(&env.market, &first.concat(), 200).await;
+    pc.produce(hostile.iter().map(|h| json(h)).collect(), rskafka::client::partition::Compression::NoCompression).await.unwrap();
+    produce(&env.market, &second.concat(), 200).await;
+    produce(&env.market, &sentinels, 10).await;
+    let running = start(config(&env), Arc::new(SystemClock));
+    let mut counted: Vec<Trade> = first.concat();
+    counted.extend(second.concat());
+    counted.extend(sentinels.clone());
+    let want = reference(&counted);
+    wait_for_finals(&env.candles, &want, &sentinels, Duration::from_secs(90)).await;
+    let metrics = running.stop().await;
+    let mut reasons: Vec<String> = dead_letters(&env).await.into_iter().map(|(r, _)| r).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["bad_time", "future", "too_precise"]);
+    for reason in ["bad_time", "future", "too_precise"] {
+        assert_eq!(metrics.dead_letters.with_label_values(&[reason]).get(), 1, "{reason} counted");
+    }
+    assert_eq!((metrics.too_late.get(), metrics.late.get(), metrics.aggregation_errors.get()), (0, 0, 0));
+    let (got, _) = published(&env.candles).await;
+    assert_finals_equal(&got, &want, &sentinels);
+    env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
+
+#[tokio::test]
+async fn wall_clock_steps_either_way_refuse_nothing_and_updates_keep_flowing() {
+    let env = env().await;
+    let now = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let clock = ManualClock::new(now);
+    let i = instrument("SIM:STEP-USD");
+    let running = start(config(&env), Arc::new(clock.clone()));
+    let mut id = 0;
+    let mut send = |at: i64| {
+        id += 1;
+        trade(&i, id, at, &format!("{}", 10 + id % 5), "1", TakerSide::Buy)
+    };
+    let mut all = Vec::new();
+    // Live trades at the exchange's time, while the aggregator's clock steps an hour forward, then
+    // two hours back (NTP steps, a VM resumed).
+    for (step, k) in [(0, 0), (3_600 * SEC, 1), (-7_200 * SEC, 2)] {
+        clock.step_wall_micros(step);
+        let batch: Vec<Trade> = (0..5).map(|n| send(now.as_micros() + (k * 5 + n) * SEC)).collect();
+        produce(&env.market, &batch, 10).await;
+        all.extend(batch);
+        let want = all.len() as u64;
+        wick_test_support::wait_until("an update holding every trade so far", Duration::from_secs(30), || async {
+            // Time passes (the throttle lets the trailing update out).
+            clock.advance_micros(300_000);
+            let (got, _) = published(&env.candles).await;
+            got.values().any(|(_, c)| c.interval() == Interval::H1 && c.trade_count() == want)
+        })
+        .await
+        .unwrap();
+        clock.advance_micros(SEC);
+    }
+    let metrics = running.stop().await;
+    assert!(dead_letters(&env).await.is_empty(), "nothing dead-lettered");
+    assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0));
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
 
