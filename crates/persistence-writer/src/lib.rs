@@ -157,7 +157,8 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
 }
 
 /// Creates the database if missing and applies the schema, retrying while the database is
-/// unreachable; `None` when shutdown came first.
+/// unreachable (not when TimescaleDB is installed but not preloaded: that needs the operator);
+/// `None` when shutdown came first.
 async fn migrate_with_retries(config: &Config, pool: &Pool, health: &Health, shutdown: &Shutdown) -> Result<Option<StorageMode>> {
     let settings = TimescaleSettings {
         chunk_interval: config.database.chunk_interval.clone(),
@@ -178,6 +179,8 @@ async fn migrate_with_retries(config: &Config, pool: &Pool, health: &Health, shu
                 health.set_db(true);
                 return Ok(Some(mode));
             }
+            // A server that ends the connection on CREATE EXTENSION would do it on every retry.
+            Err(e) if matches!(e.downcast_ref(), Some(wick_store::StoreError::TimescaleNotPreloaded(_))) => return Err(e),
             Err(e) => {
                 health.set_db(false);
                 tracing::warn!(error = format!("{e:#}"), "database not ready for migrations; retrying");

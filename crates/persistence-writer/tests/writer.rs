@@ -1,7 +1,7 @@
 //! persistence-writer against the real broker, PostgreSQL and Redis (single node and a cluster of
 //! its own): idempotent replays, the version guard, offsets and rows atomic under kill -9, a
-//! PostgreSQL restart and a Redis cluster node stopped during load, dead letters, and partitions
-//! across a month boundary.
+//! PostgreSQL restart and a Redis cluster node stopped during load, dead letters, partitions
+//! across a month boundary, and a TimescaleDB installed but not preloaded.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -428,6 +428,50 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
     let versions = cached_versions(&cache, &want).await;
     let stale: Vec<_> = versions.iter().filter(|(k, v)| **v != want[*k].version()).take(5).collect();
     assert!(stale.is_empty(), "the cache matches the database after the kills: {stale:?}");
+    env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
+
+/// A `timescaledb` extension whose installation ends its own connection, as TimescaleDB's does
+/// when its library is not preloaded (trusted, so that a role without superuser rights may try).
+const FAKE_TIMESCALEDB: [(&str, &str); 2] = [
+    ("timescaledb.control", "default_version = '0.0.1'\nrelocatable = false\ntrusted = true\n"),
+    ("timescaledb--0.0.1.sql", "SELECT pg_terminate_backend(pg_backend_pid());\n"),
+];
+
+#[tokio::test]
+async fn timescaledb_installed_but_not_preloaded_never_keeps_the_writer_retrying() {
+    let pg = tokio::task::spawn_blocking(|| wick_test_support::PostgresProcess::start_with_extension_files(&FAKE_TIMESCALEDB))
+        .await
+        .unwrap()
+        .unwrap();
+    let env = env().await;
+
+    // As a superuser the writer sees shared_preload_libraries, falls back to plain PostgreSQL and
+    // writes (it used to retry "database not ready for migrations" forever).
+    let mut config = config(&env);
+    config.database.url = pg.url("wick_writer_test");
+    config.database.schema = None;
+    let writer = start(config.clone());
+    let client = wick_test_support::kafka().await;
+    let records = candle_records(50);
+    let total: usize = produce(&client, &env.topic, &records).await.values().sum();
+    wick_test_support::wait_until("the writer is ready", Duration::from_secs(60), || async { writer.readiness.get() }).await.unwrap();
+    let (db, connection) = tokio_postgres::connect(&pg.url("wick_writer_test"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    wait_committed(&db, &env.topic, total, Duration::from_secs(60)).await;
+    let mode: String = db.query_one("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await.unwrap().get(0);
+    assert_eq!(mode, "postgresql");
+    writer.stop().await;
+
+    // A role that cannot read the setting learns it only by trying: the writer stops at once with
+    // an error that names it, instead of retrying.
+    db.batch_execute("CREATE ROLE wick_app LOGIN").await.unwrap();
+    db.batch_execute("CREATE DATABASE wick_app OWNER wick_app").await.unwrap();
+    config.database.url = pg.url("wick_app").replace("postgres@", "wick_app@");
+    let writer = start(config);
+    let err = tokio::time::timeout(Duration::from_secs(60), writer.task).await.expect("the writer stops by itself").unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("shared_preload_libraries"), "{err:#}");
+    assert!(!writer.readiness.get());
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
 

@@ -33,6 +33,14 @@ pub enum StoreError {
     Pool(String),
     #[error("unknown storage mode {0:?} recorded in wick_meta")]
     UnknownMode(String),
+    /// TimescaleDB's files are installed, but its library is not preloaded: `CREATE EXTENSION`
+    /// ends the connection (FATAL), and would on every retry.
+    #[error(
+        "CREATE EXTENSION timescaledb ended the connection ({0}): TimescaleDB is installed but not preloaded. \
+         Add timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL, \
+         or remove TimescaleDB's extension files to store candles with plain PostgreSQL partitioning"
+    )]
+    TimescaleNotPreloaded(String),
 }
 
 /// The server's own message (and SQLSTATE) when there is one: tokio-postgres prints only "db error".
@@ -187,8 +195,60 @@ async fn migrate_locked(client: &mut Client, settings: &TimescaleSettings) -> Re
     Ok(mode)
 }
 
+/// What the server says about TimescaleDB before anything is tried.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TimescaleAvailability {
+    /// No `timescaledb` extension files on the server.
+    NotInstalled,
+    /// The files are there, but `shared_preload_libraries` does not name `timescaledb`:
+    /// `CREATE EXTENSION timescaledb` would end the connection.
+    NotPreloaded,
+    /// Installed, and preloaded as far as this role can see (`shared_preload_libraries` is
+    /// readable only by superusers and members of `pg_read_all_settings`).
+    Installed,
+}
+
+/// Whether the TimescaleDB extension is installed on the server and its library preloaded.
+pub async fn timescale_availability(client: &impl GenericClient) -> Result<TimescaleAvailability, StoreError> {
+    let installed = client.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
+    if !installed {
+        return Ok(TimescaleAvailability::NotInstalled);
+    }
+    // pg_settings leaves out the rows this role may not read, where current_setting() would fail.
+    let preload = client.query_opt("SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'", &[]).await?;
+    Ok(match preload.map(|r| r.get::<_, String>(0)) {
+        Some(libraries) if !preloads(&libraries, "timescaledb") => TimescaleAvailability::NotPreloaded,
+        _ => TimescaleAvailability::Installed,
+    })
+}
+
+/// Whether a `shared_preload_libraries` value (`'a, "$libdir/b.so"'`) names `library`.
+fn preloads(libraries: &str, library: &str) -> bool {
+    libraries.split(',').any(|entry| {
+        let entry = entry.trim().trim_matches('"');
+        let file = entry.rsplit('/').next().unwrap_or(entry);
+        file.strip_suffix(".so").unwrap_or(file) == library
+    })
+}
+
 /// TimescaleDB when its extension can be created here, plain PostgreSQL otherwise.
 async fn decide(client: &mut Client) -> Result<StorageMode, StoreError> {
+    match timescale_availability(&*client).await? {
+        TimescaleAvailability::NotInstalled => {
+            tracing::info!("TimescaleDB is not installed: using plain PostgreSQL partitioning");
+            return Ok(StorageMode::Plain);
+        }
+        // Trying would end the connection (FATAL "must be preloaded"), and so would every retry.
+        TimescaleAvailability::NotPreloaded => {
+            tracing::warn!(
+                "TimescaleDB is installed but not preloaded (shared_preload_libraries does not name timescaledb): \
+                 using plain PostgreSQL partitioning. To use TimescaleDB, add timescaledb to shared_preload_libraries \
+                 in postgresql.conf, restart PostgreSQL, and start over on a new database (the choice is recorded)"
+            );
+            return Ok(StorageMode::Plain);
+        }
+        TimescaleAvailability::Installed => {}
+    }
     let tx = client.transaction().await?;
     // A failed CREATE EXTENSION aborts the transaction; the rollback leaves nothing behind.
     match tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await {
@@ -196,8 +256,14 @@ async fn decide(client: &mut Client) -> Result<StorageMode, StoreError> {
             tx.commit().await?;
             Ok(StorageMode::Timescale)
         }
+        // A role that cannot read shared_preload_libraries only learns it this way.
+        Err(e)
+            if e.is_closed() || e.as_db_error().is_some_and(|db| db.parsed_severity() == Some(tokio_postgres::error::Severity::Fatal)) =>
+        {
+            Err(StoreError::TimescaleNotPreloaded(db_message(&e)))
+        }
         Err(e) => {
-            tracing::info!(reason = %e, "TimescaleDB is not available: using plain PostgreSQL partitioning");
+            tracing::warn!(reason = %db_message(&e), "TimescaleDB is installed but its extension cannot be created: using plain PostgreSQL partitioning");
             tx.rollback().await?;
             Ok(StorageMode::Plain)
         }

@@ -1,6 +1,8 @@
 //! The store against the real PostgreSQL (plain branch; TimescaleDB is not packaged here, so its
 //! SQL is pinned by unit tests): exact decimals, version guard, idempotent replays, offsets in the
-//! same transaction, partitions across a month boundary, and the storage decision made once.
+//! same transaction, partitions across a month boundary, the storage decision made once, a
+//! TimescaleDB that is installed but not preloaded (on a private server whose fake `timescaledb`
+//! extension ends the connection, as the real one does).
 
 use proptest::prelude::*;
 use tokio_postgres::Client;
@@ -72,13 +74,14 @@ async fn upserts_are_exact_version_guarded_and_idempotent_with_their_offsets() {
     assert_eq!(wick_store::write_batch(&mut client, mode, std::slice::from_ref(&old), &offsets(10)).await.unwrap(), 1);
     // Both versions in one batch, newest first or last: the newest wins.
     assert_eq!(wick_store::write_batch(&mut client, mode, &[new.clone(), old.clone()], &offsets(12)).await.unwrap(), 1);
+    // version = 2 x trade count + 1 once final.
     let expected = vec![(
         "63250.10".to_owned(),
         "63260.50".to_owned(),
         "1.50001".to_owned(),
         "94891.3825010".to_owned(),
         "18000000000000000001".to_owned(),
-        3,
+        5,
         true,
     )];
     assert_eq!(stored(&client).await, expected);
@@ -128,4 +131,76 @@ proptest! {
         });
         prop_assert_eq!(text, d.to_string());
     }
+}
+
+/// A `timescaledb` extension whose installation ends its own connection, as TimescaleDB's does
+/// when its library is not preloaded (FATAL "must be preloaded"). Trusted, so that a role without
+/// superuser rights may create it too.
+const FAKE_TIMESCALEDB: [(&str, &str); 2] = [
+    ("timescaledb.control", "comment = 'stands in for TimescaleDB without its preloaded library'\ndefault_version = '0.0.1'\nrelocatable = false\ntrusted = true\n"),
+    ("timescaledb--0.0.1.sql", "SELECT pg_terminate_backend(pg_backend_pid());\n"),
+];
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn timescaledb_installed_but_not_preloaded_falls_back_to_plain_postgresql() {
+    let pg = tokio::task::spawn_blocking(|| wick_test_support::PostgresProcess::start_with_extension_files(&FAKE_TIMESCALEDB))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut client = connect(&pg.url("postgres")).await;
+    assert_eq!(wick_store::timescale_availability(&client).await.unwrap(), wick_store::TimescaleAvailability::NotPreloaded);
+    // What the decision avoids: creating the extension ends the connection.
+    let doomed = connect(&pg.url("postgres")).await;
+    let err = doomed.batch_execute("CREATE EXTENSION timescaledb").await.unwrap_err();
+    assert_eq!(err.as_db_error().and_then(|e| e.parsed_severity()), Some(tokio_postgres::error::Severity::Fatal), "{err:?}");
+    assert!(doomed.batch_execute("SELECT 1").await.unwrap_err().is_closed(), "the fake extension ends the connection");
+
+    assert_eq!(wick_store::migrate(&mut client, &TimescaleSettings::default()).await.unwrap(), StorageMode::Plain);
+    let partitioned: String = client
+        .query_one("SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'candles'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitioned, "r");
+    let extensions: i64 = client.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'", &[]).await.unwrap().get(0);
+    assert_eq!(extensions, 0);
+    assert!(!client.is_closed(), "the migration's connection lives on");
+
+    // The stack's own server has no TimescaleDB files at all: not touched by this test.
+    let (shared, schema) = wick_test_support::postgres_schema().await;
+    assert_eq!(wick_store::timescale_availability(&shared).await.unwrap(), wick_store::TimescaleAvailability::NotInstalled);
+    shared.batch_execute(&format!("DROP SCHEMA {schema}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_see_the_preload_setting_gets_an_error_naming_it_at_once() {
+    let pg = tokio::task::spawn_blocking(|| wick_test_support::PostgresProcess::start_with_extension_files(&FAKE_TIMESCALEDB))
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = connect(&pg.url("postgres")).await;
+    admin.batch_execute("CREATE ROLE wick_app LOGIN").await.unwrap();
+    admin.batch_execute("CREATE DATABASE wick_app OWNER wick_app").await.unwrap();
+    let url = pg.url("wick_app").replace("postgres@", "wick_app@");
+    let mut client = connect(&url).await;
+    // shared_preload_libraries is hidden from this role: only trying tells.
+    assert_eq!(wick_store::timescale_availability(&client).await.unwrap(), wick_store::TimescaleAvailability::Installed);
+    let err = wick_store::migrate(&mut client, &TimescaleSettings::default()).await.unwrap_err();
+    assert!(matches!(err, wick_store::StoreError::TimescaleNotPreloaded(_)), "{err}");
+    assert!(err.to_string().contains("shared_preload_libraries"), "{err}");
+    // Nothing was recorded: an operator who fixes the server gets TimescaleDB on the next start.
+    let mut again = connect(&url).await;
+    let mode: Option<String> =
+        again.query_opt("SELECT value FROM wick_meta WHERE key = 'storage_mode'", &[]).await.unwrap().map(|r| r.get(0));
+    assert_eq!(mode, None);
+    assert!(matches!(
+        wick_store::migrate(&mut again, &TimescaleSettings::default()).await,
+        Err(wick_store::StoreError::TimescaleNotPreloaded(_))
+    ));
 }

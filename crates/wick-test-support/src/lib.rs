@@ -308,6 +308,15 @@ pub struct PostgresProcess {
 
 impl PostgresProcess {
     pub fn start() -> Result<PostgresProcess> {
+        PostgresProcess::start_with_extension_files(&[])
+    }
+
+    /// A private server whose extension directory holds, beside the installed extensions,
+    /// `extension_files` (file name, contents), e.g. a `NAME.control` and its `NAME--1.0.sql`.
+    /// PostgreSQL finds its share directory relative to its own executable, so the server runs
+    /// from a private copy of the installation (the binaries copied, everything else linked):
+    /// the files are seen by this server only, never by the shared one.
+    pub fn start_with_extension_files(extension_files: &[(&str, &str)]) -> Result<PostgresProcess> {
         let root = Path::new("/usr/lib/postgresql");
         let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
             .context("PostgreSQL server binaries (/usr/lib/postgresql) are not installed")?
@@ -315,9 +324,12 @@ impl PostgresProcess {
             .map(|e| e.path())
             .collect();
         versions.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
-        let bin = versions.pop().context("no PostgreSQL version under /usr/lib/postgresql")?.join("bin");
+        let mut bin = versions.pop().context("no PostgreSQL version under /usr/lib/postgresql")?.join("bin");
         let dir = std::env::temp_dir().join(unique_name("wick-pg"));
         std::fs::create_dir_all(&dir)?;
+        if !extension_files.is_empty() {
+            bin = private_installation(&bin, &dir.join("install"), extension_files)?;
+        }
         let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
         if as_postgres {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
@@ -379,6 +391,49 @@ impl PostgresProcess {
     pub fn start_again(&self) -> Result<()> {
         self.start_server()
     }
+}
+
+/// Mirrors the installation of the server binaries in `bin` under `tree` (same absolute paths
+/// below it, so the relative share and library paths PostgreSQL computes from its executable land
+/// in the mirror), with `extension_files` added to the extension directory. Returns the mirror's
+/// bin directory.
+fn private_installation(bin: &Path, tree: &Path, extension_files: &[(&str, &str)]) -> Result<PathBuf> {
+    let pg_config = |what: &str| -> Result<PathBuf> {
+        let out = Command::new(bin.join("pg_config")).arg(what).output().context("running pg_config")?;
+        if !out.status.success() {
+            bail!("pg_config {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    };
+    let mirror = |p: &Path| tree.join(p.strip_prefix("/").unwrap_or(p));
+    let (bindir, sharedir, pkglibdir) = (pg_config("--bindir")?, pg_config("--sharedir")?, pg_config("--pkglibdir")?);
+    // Copies, not links: PostgreSQL resolves symbolic links to find its real location.
+    std::fs::create_dir_all(mirror(&bindir))?;
+    for program in ["postgres", "initdb", "pg_ctl"] {
+        std::fs::copy(bindir.join(program), mirror(&bindir).join(program)).with_context(|| format!("copying {program}"))?;
+    }
+    if let Some(parent) = mirror(&pkglibdir).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::os::unix::fs::symlink(&pkglibdir, mirror(&pkglibdir))?;
+    let extension_dir = mirror(&sharedir).join("extension");
+    std::fs::create_dir_all(&extension_dir)?;
+    for entry in std::fs::read_dir(&sharedir)?.flatten() {
+        if entry.file_name() != "extension" {
+            std::os::unix::fs::symlink(entry.path(), mirror(&sharedir).join(entry.file_name()))?;
+        }
+    }
+    for entry in std::fs::read_dir(sharedir.join("extension"))?.flatten() {
+        std::os::unix::fs::symlink(entry.path(), extension_dir.join(entry.file_name()))?;
+    }
+    for (name, contents) in extension_files {
+        let path = extension_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(mirror(&bindir))
 }
 
 impl Drop for PostgresProcess {
