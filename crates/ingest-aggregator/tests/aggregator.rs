@@ -75,7 +75,10 @@ fn trade(instrument: &Instrument, id: u64, at_us: i64, price: &str, qty: &str, s
 /// Produces trades in order as `TradeBatch` records of up to `per_record` trades of one
 /// instrument, each on the instrument's partition (Kafka's murmur2, as feed-publisher does).
 async fn produce(topic: &str, trades: &[Trade], per_record: usize) {
-    let client = wick_test_support::kafka().await;
+    produce_to(&wick_test_support::kafka().await, topic, trades, per_record).await
+}
+
+async fn produce_to(client: &rskafka::client::Client, topic: &str, trades: &[Trade], per_record: usize) {
     let mut by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
     let mut run: Vec<Trade> = Vec::new();
     let mut push = |run: &mut Vec<Trade>| {
@@ -94,7 +97,7 @@ async fn produce(topic: &str, trades: &[Trade], per_record: usize) {
     }
     push(&mut run);
     for (p, values) in by_partition {
-        let pc = wick_test_support::partition(&client, topic, p).await;
+        let pc = wick_test_support::partition(client, topic, p).await;
         for chunk in values.chunks(100) {
             wick_test_support::produce(&pc, chunk.to_vec()).await;
         }
@@ -103,11 +106,14 @@ async fn produce(topic: &str, trades: &[Trade], per_record: usize) {
 
 /// The candle events on the topic: the latest version of every candle, and how many of each kind.
 async fn published(topic: &str) -> (BTreeMap<Key, (CandleEventKind, Candle)>, BTreeMap<&'static str, usize>) {
-    let client = wick_test_support::kafka().await;
+    published_from(&wick_test_support::kafka().await, topic).await
+}
+
+async fn published_from(client: &rskafka::client::Client, topic: &str) -> (BTreeMap<Key, (CandleEventKind, Candle)>, BTreeMap<&'static str, usize>) {
     let mut latest: BTreeMap<Key, (CandleEventKind, Candle)> = BTreeMap::new();
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     for p in 0..2 {
-        let pc = wick_test_support::partition(&client, topic, p).await;
+        let pc = wick_test_support::partition(client, topic, p).await;
         let (records, _) = wick_test_support::read_to_end(&pc, 0, Duration::from_secs(30)).await.unwrap();
         for r in records {
             let (_, events) = wick_wire::decode_candle_batch(r.record.value.as_deref().unwrap()).unwrap();
@@ -465,6 +471,64 @@ async fn history_replayed_in_parts_with_pauses_longer_than_the_revision_window_l
     assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
     assert!(dead_letters(&env).await.is_empty(), "nothing dead-lettered");
     let (got, _) = published(&env.candles).await;
+    assert_finals_equal(&got, &want, &sentinels);
+    env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_outage_longer_than_the_revision_window_during_a_replay_loses_nothing() {
+    let env = env().await;
+    let mut broker = wick_test_support::BrokerProcess::start(wick_test_support::StorageEngine::Sqlite).unwrap();
+    let mut config = config(&env);
+    config.kafka.brokers = vec![broker.address()];
+    let clock = ManualClock::new(Timestamp::parse_rfc3339("2026-06-01T12:00:00Z").unwrap());
+    let (first, second, sentinels) = history_halves();
+    let client = wick_test_support::kafka_at(&broker.address()).await;
+    for (topic, partitions) in [(&env.market, PARTITIONS), (&env.candles, 2), (&env.dlq, 2)] {
+        client.controller_client().unwrap().create_topic(topic.as_str(), partitions, 1, 5_000).await.unwrap();
+    }
+    produce_to(&client, &env.market, &first.concat(), 200).await;
+    let running = start(config, Arc::new(clock.clone()));
+    let metrics = running.metrics.clone();
+    let read = |n: usize| {
+        let metrics = metrics.clone();
+        async move {
+            wick_test_support::wait_until(&format!("{n} trades read"), Duration::from_secs(60), || async {
+                metrics.trades_consumed.get() >= n as u64
+            })
+            .await
+            .unwrap()
+        }
+    };
+    read(first.concat().len()).await;
+    // The broker goes down; 11 minutes pass on the aggregator's clock (longer than the revision
+    // window) while every fetch fails; then it comes back and the replay goes on.
+    broker.stop();
+    for _ in 0..66 {
+        clock.advance_micros(10 * SEC);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    broker.start_again().unwrap();
+    let client = wick_test_support::kafka_at(&broker.address()).await;
+    produce_to(&client, &env.market, &second.concat(), 200).await;
+    produce_to(&client, &env.market, &sentinels, 10).await;
+    let mut counted: Vec<Trade> = first.concat();
+    counted.extend(second.concat());
+    counted.extend(sentinels.clone());
+    let want = reference(&counted);
+    wick_test_support::wait_until("every final candle is published", Duration::from_secs(120), || async {
+        let (got, _) = published_from(&client, &env.candles).await;
+        want.keys()
+            .filter(|k| !sentinels.iter().any(|s| s.instrument().as_str() == k.0 && k.1.bucket_start(s.event_time()).as_millis() == k.2))
+            .all(|k| got.get(k).is_some_and(|(_, c)| c.is_closed() && c.trade_count() == want[k].trade_count()))
+    })
+    .await
+    .unwrap();
+    let metrics = running.stop().await;
+    assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
+    let refused: u64 = ["too_late", "overflow", "future", "malformed", "dedup_full"].iter().map(|r| metrics.dead_letters.with_label_values(&[r]).get()).sum();
+    assert_eq!(refused, 0, "nothing dead-lettered");
+    let (got, _) = published_from(&client, &env.candles).await;
     assert_finals_equal(&got, &want, &sentinels);
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
