@@ -116,7 +116,8 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
 
     let wall = Arc::new(pipeline::SteadyWall::new(clock));
     let statuses: Vec<(i32, Arc<pipeline::PartitionStatus>)> = owned.iter().map(|&p| (p, Arc::default())).collect();
-    let ticker = tokio::spawn(pipeline::tick(config.aggregation.tick.get(), statuses.clone(), wall.clone(), input_tx.clone(), shutdown.clone()));
+    let ticker =
+        tokio::spawn(pipeline::tick(config.aggregation.tick.get(), statuses.clone(), wall.clone(), input_tx.clone(), shutdown.clone()));
     let mut fetchers = Vec::new();
     for (partition, status) in statuses {
         let fetcher = Fetcher {

@@ -438,7 +438,13 @@ impl PartitionStatus {
 
 /// The aggregator's clock: every `period`, one tick per owned partition, so that idle watermarks
 /// and throttled updates move on whether or not fetches return (a fetch can wait or fail for long).
-pub async fn tick(period: Duration, partitions: Vec<(i32, Arc<PartitionStatus>)>, wall: Arc<SteadyWall>, tx: mpsc::Sender<Input>, shutdown: Shutdown) {
+pub async fn tick(
+    period: Duration,
+    partitions: Vec<(i32, Arc<PartitionStatus>)>,
+    wall: Arc<SteadyWall>,
+    tx: mpsc::Sender<Input>,
+    shutdown: Shutdown,
+) {
     let mut timer = tokio::time::interval(period);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -581,12 +587,25 @@ impl Fetcher {
                                 // tolerance would move the instrument's watermark into the future
                                 // and make every later trade of it too late.
                                 Ok(t) if t.event_time().as_micros() > now.as_micros().saturating_add(future_tolerance) => {
-                                    let detail = format!("event time {} is more than {:?} after the aggregator's clock ({now})", t.event_time(), self.config.aggregation.future_tolerance.get());
-                                    self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown).await?;
+                                    let detail = format!(
+                                        "event time {} is more than {:?} after the aggregator's clock ({now})",
+                                        t.event_time(),
+                                        self.config.aggregation.future_tolerance.get()
+                                    );
+                                    self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown)
+                                        .await?;
                                 }
                                 Ok(t) => trades.push((r.offset, t)),
                                 Err(refused) => {
-                                    self.dead_letter(&dlq, refused.value, refused.error.reason(), &refused.error.to_string(), r.offset, &shutdown).await?;
+                                    self.dead_letter(
+                                        &dlq,
+                                        refused.value,
+                                        refused.error.reason(),
+                                        &refused.error.to_string(),
+                                        r.offset,
+                                        &shutdown,
+                                    )
+                                    .await?;
                                 }
                             }
                         }
@@ -650,7 +669,15 @@ impl Fetcher {
         }
     }
 
-    async fn dead_letter(&self, dlq: &PartitionClient, raw: Vec<u8>, reason: &str, detail: &str, offset: i64, shutdown: &Shutdown) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        dlq: &PartitionClient,
+        raw: Vec<u8>,
+        reason: &str,
+        detail: &str,
+        offset: i64,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
         tracing::warn!(partition = self.partition, offset, reason, detail, "record or trade refused: dead-lettered");
         let mut record = wick_kafka::dead_letter_record(raw, reason, &self.config.kafka.market_events_topic, self.partition, offset);
         record.headers.insert("detail".to_owned(), detail.as_bytes().to_vec());

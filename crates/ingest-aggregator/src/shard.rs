@@ -274,7 +274,6 @@ impl Shard {
         }
     }
 
-
     fn advance(state: &mut InstrumentState, horizon: Timestamp, stats: &mut ShardStats) {
         let pending = &mut state.pending;
         let mut finals = 0;
@@ -578,7 +577,10 @@ mod tests {
         // The second half of the history follows on in event time: nothing is late.
         run(&mut shard, &[trade("SIM:BTC-USD", 2, 30.0, "101"), trade("SIM:BTC-USD", 3, 400.0, "102")], &mut out);
         assert_eq!((shard.stats.too_late, shard.stats.revised), (0, 0));
-        let minute = latest(&out).into_iter().find(|((_, i, t), _)| *i == Interval::M1 && *t == Interval::M1.bucket_start(wall(10.0))).map(|(_, (k, c))| (k, c));
+        let minute = latest(&out)
+            .into_iter()
+            .find(|((_, i, t), _)| *i == Interval::M1 && *t == Interval::M1.bucket_start(wall(10.0)))
+            .map(|(_, (k, c))| (k, c));
         let (kind, c) = minute.expect("the first minute");
         assert_eq!((kind, c.trade_count(), c.version()), (CandleEventKind::Final, 2, 5));
     }

@@ -109,7 +109,10 @@ async fn published(topic: &str) -> (BTreeMap<Key, (CandleEventKind, Candle)>, BT
     published_from(&wick_test_support::kafka().await, topic).await
 }
 
-async fn published_from(client: &rskafka::client::Client, topic: &str) -> (BTreeMap<Key, (CandleEventKind, Candle)>, BTreeMap<&'static str, usize>) {
+async fn published_from(
+    client: &rskafka::client::Client,
+    topic: &str,
+) -> (BTreeMap<Key, (CandleEventKind, Candle)>, BTreeMap<&'static str, usize>) {
     let mut latest: BTreeMap<Key, (CandleEventKind, Candle)> = BTreeMap::new();
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     for p in 0..2 {
@@ -526,7 +529,10 @@ async fn a_broker_outage_longer_than_the_revision_window_during_a_replay_loses_n
     .unwrap();
     let metrics = running.stop().await;
     assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
-    let refused: u64 = ["too_late", "overflow", "future", "malformed", "dedup_full"].iter().map(|r| metrics.dead_letters.with_label_values(&[r]).get()).sum();
+    let refused: u64 = ["too_late", "overflow", "future", "malformed", "dedup_full"]
+        .iter()
+        .map(|r| metrics.dead_letters.with_label_values(&[r]).get())
+        .sum();
     assert_eq!(refused, 0, "nothing dead-lettered");
     let (got, _) = published_from(&client, &env.candles).await;
     assert_finals_equal(&got, &want, &sentinels);
@@ -549,7 +555,8 @@ async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_change
     };
     let in_the_middle = first[0][1_499].event_time().to_string();
     let hostile = [
-        r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900001,"price":"100","quantity":"1","event_time":"2099-01-01T00:00:00Z"}"#.to_owned(),
+        r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900001,"price":"100","quantity":"1","event_time":"2099-01-01T00:00:00Z"}"#
+            .to_owned(),
         format!(
             r#"{{"instrument":"BINANCE:BTC-USDT","trade_id":900002,"price":"100.123456789012345678","quantity":"0.123456789012345678","event_time":"{in_the_middle}"}}"#
         ),

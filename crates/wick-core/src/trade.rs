@@ -70,7 +70,9 @@ pub enum TradeError {
     NonPositiveQuantity(Decimal),
     #[error("{field} {value} has more than 18 digits after the point or 18 significant digits")]
     TooPrecise { field: &'static str, value: Decimal },
-    #[error("price {price} and quantity {quantity} have more than 20 digits after the point together: the sums of their candles could overflow")]
+    #[error(
+        "price {price} and quantity {quantity} have more than 20 digits after the point together: the sums of their candles could overflow"
+    )]
     CombinedScale { price: Decimal, quantity: Decimal },
 }
 
@@ -109,13 +111,16 @@ impl Trade {
         }
         // Trailing zeros carry no value: dropping them keeps the trade exact, and is done only when
         // a bound would refuse it otherwise, so that a feed's usual form ("63250.10000000") is kept.
-        let (price, quantity) =
-            if price.scale() > MAX_TRADE_SCALE || quantity.scale() > MAX_TRADE_SCALE || price.scale() + quantity.scale() > MAX_COMBINED_SCALE {
-                (price.normalized(), quantity.normalized())
-            } else {
-                (price, quantity)
-            };
-        if price.scale() + quantity.scale() > MAX_COMBINED_SCALE && price.scale() <= MAX_TRADE_SCALE && quantity.scale() <= MAX_TRADE_SCALE {
+        let (price, quantity) = if price.scale() > MAX_TRADE_SCALE
+            || quantity.scale() > MAX_TRADE_SCALE
+            || price.scale() + quantity.scale() > MAX_COMBINED_SCALE
+        {
+            (price.normalized(), quantity.normalized())
+        } else {
+            (price, quantity)
+        };
+        if price.scale() + quantity.scale() > MAX_COMBINED_SCALE && price.scale() <= MAX_TRADE_SCALE && quantity.scale() <= MAX_TRADE_SCALE
+        {
             return Err(TradeError::CombinedScale { price, quantity });
         }
         let compact = |field, value: Decimal| match i64::try_from(value.coefficient()) {
