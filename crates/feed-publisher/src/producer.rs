@@ -31,6 +31,9 @@ pub struct ProducerSettings {
     /// A partition's pending request is sent once its encoded size reaches this.
     pub max_request_bytes: usize,
     pub compression: Compression,
+    /// How long to wait for `topic` to be created (by ingest-aggregator starting at the same
+    /// moment, or an operator) before giving up.
+    pub topic_wait: Duration,
 }
 
 /// A record that could not be turned into trades, for the dead-letter topic.
@@ -40,6 +43,27 @@ pub struct DeadLetter {
     pub reason: String,
     /// Where it came from: `binance`, `replay:FILE:LINE`, ...
     pub source: String,
+}
+
+/// The partition count of `topic`, waiting up to `wait` for the topic to appear: the publisher
+/// does not create it (ingest-aggregator owns its partition count), and may start first.
+async fn partition_count(client: &Client, topic: &str, wait: Duration) -> Result<i32> {
+    let deadline = Instant::now() + wait;
+    let mut waiting = false;
+    loop {
+        let topics = client.list_topics().await.context("listing topics")?;
+        if let Some(t) = topics.iter().find(|t| t.name == topic && !t.partitions.is_empty()) {
+            return Ok(t.partitions.len() as i32);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("topic {topic} does not exist on the broker (waited {wait:?}); ingest-aggregator creates it at start, or create it yourself");
+        }
+        if !waiting {
+            tracing::info!(topic, "waiting for the topic to be created (ingest-aggregator creates it at start)");
+            waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What a partition writer is asked to do, in order.
@@ -83,12 +107,7 @@ const QUEUE: usize = 256;
 impl Producer {
     /// Starts the producer for `settings.topic`, whose partition count is read from the broker.
     pub async fn start(client: Arc<Client>, settings: ProducerSettings, metrics: Metrics, clock: Arc<dyn Clock>) -> Result<Producer> {
-        let topics = client.list_topics().await.context("listing topics")?;
-        let partitions = topics
-            .iter()
-            .find(|t| t.name == settings.topic)
-            .map(|t| t.partitions.len() as i32)
-            .ok_or_else(|| anyhow!("topic {} does not exist on the broker", settings.topic))?;
+        let partitions = partition_count(&client, &settings.topic, settings.topic_wait).await?;
         let mut sinks = Vec::new();
         let mut workers = Vec::new();
         for p in 0..partitions {

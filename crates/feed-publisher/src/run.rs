@@ -49,6 +49,7 @@ pub async fn start_producer(config: &Config, client: Arc<Client>, metrics: Metri
             "lz4" => Compression::Lz4,
             _ => Compression::NoCompression,
         },
+        topic_wait: config.kafka.request_deadline.get(),
     };
     Producer::start(client, settings, metrics, clock).await
 }

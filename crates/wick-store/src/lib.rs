@@ -285,8 +285,14 @@ pub async fn ensure_database(config: &tokio_postgres::Config) -> Result<bool, St
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
             let created = match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
                 Ok(()) => true,
-                // Another instance created it first.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => false,
+                // Another instance created it first (42P04), or at the same moment: both passed the
+                // existence check and the second insert into pg_database hit its unique index (23505).
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                {
+                    false
+                }
                 Err(e) => return Err(e.into()),
             };
             drop(client);
@@ -315,22 +321,36 @@ pub fn months_of<'a>(candles: impl IntoIterator<Item = &'a Candle>) -> BTreeSet<
 pub fn partition_sql(year: i64, month: i64) -> String {
     let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     format!(
-        "CREATE TABLE IF NOT EXISTS candles_y{year:04}m{month:02} PARTITION OF candles FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') TO ('{ny:04}-{nm:02}-01 00:00:00+00')"
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF candles FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') TO ('{ny:04}-{nm:02}-01 00:00:00+00')",
+        partition_name(year, month)
     )
 }
 
-/// Creates the monthly partitions of `months` (plain PostgreSQL only).
+/// Creates the monthly partitions of `months` that are missing (plain PostgreSQL only); safe
+/// against writers creating the same month at the same moment, also inside a transaction.
 pub async fn ensure_partitions(client: &impl GenericClient, months: &BTreeSet<(i64, i64)>) -> Result<(), StoreError> {
-    for (y, m) in months {
-        match client.batch_execute(&partition_sql(*y, *m)).await {
-            Ok(()) => {}
-            // `IF NOT EXISTS` is not safe against a concurrent creator: writers starting together
-            // race for the same month, and the loser finds the partition there, as it wanted.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_TABLE) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let months: Vec<(i64, i64)> = months.iter().copied().collect();
+    let names: Vec<String> = months.iter().map(|(y, m)| partition_name(*y, *m)).collect();
+    let missing =
+        client.query("SELECT i FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i) WHERE to_regclass(name) IS NULL", &[&names]).await?;
+    for row in missing {
+        let Some(&(y, m)) = usize::try_from(row.get::<_, i64>(0) - 1).ok().and_then(|i| months.get(i)) else { continue };
+        // `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent creator (the loser fails
+        // with 42P07 or 23505, which would abort the caller's transaction): creators take turns,
+        // and the later one finds the partition there. The lock is held to the end of the
+        // transaction, which only a batch that creates a month pays for.
+        client
+            .batch_execute(&format!("DO $$ BEGIN PERFORM pg_advisory_xact_lock({PARTITION_LOCK}); {}; END $$", partition_sql(y, m)))
+            .await?;
     }
     Ok(())
+}
+
+/// The advisory lock key of partition creation ("wickpart" in ASCII).
+const PARTITION_LOCK: i64 = 0x7769_636b_7061_7274;
+
+fn partition_name(year: i64, month: i64) -> String {
+    format!("candles_y{year:04}m{month:02}")
 }
 
 /// The month after `(year, month)`, for creating partitions ahead of time.

@@ -2,7 +2,8 @@
 //! SQL is pinned by unit tests): exact decimals, version guard, idempotent replays, offsets in the
 //! same transaction, partitions across a month boundary, the storage decision made once, a
 //! TimescaleDB that is installed but not preloaded (on a private server whose fake `timescaledb`
-//! extension ends the connection, as the real one does).
+//! extension ends the connection, as the real one does), and concurrent creators of databases,
+//! schemas and partitions.
 
 use proptest::prelude::*;
 use tokio_postgres::Client;
@@ -203,4 +204,76 @@ async fn a_role_that_cannot_see_the_preload_setting_gets_an_error_naming_it_at_o
         wick_store::migrate(&mut again, &TimescaleSettings::default()).await,
         Err(wick_store::StoreError::TimescaleNotPreloaded(_))
     ));
+}
+
+#[tokio::test]
+async fn databases_created_by_many_at_the_same_moment_exist_once_and_nobody_fails() {
+    let admin = connect(&wick_test_support::postgres_config()).await;
+    for round in 0..10 {
+        let name = wick_test_support::unique_ident("wick_race");
+        let mut config: tokio_postgres::Config = wick_test_support::postgres_config().parse().unwrap();
+        config.dbname(&name);
+        let creators: Vec<_> = (0..6)
+            .map(|_| {
+                let config = config.clone();
+                tokio::spawn(async move { wick_store::ensure_database(&config).await })
+            })
+            .collect();
+        let mut created = 0;
+        for c in creators {
+            match c.await.unwrap() {
+                Ok(true) => created += 1,
+                Ok(false) => {}
+                Err(e) => panic!("round {round}: a concurrent creator of {name} failed: {e}"),
+            }
+        }
+        assert_eq!(created, 1, "round {round}: exactly one created {name}");
+        admin.batch_execute(&format!("DROP DATABASE {name}")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn schema_and_partitions_created_by_many_at_the_same_moment_never_fail_a_writer() {
+    for round in 0..10 {
+        let (admin, schema) = store().await;
+        let mut connections = Vec::new();
+        for _ in 0..4 {
+            let client = connect(&wick_test_support::postgres_config()).await;
+            client.batch_execute(&format!("SET search_path TO {schema}")).await.unwrap();
+            connections.push(client);
+        }
+        // The migrations, all at once.
+        let migrations: Vec<_> = connections
+            .into_iter()
+            .map(|mut client| {
+                tokio::spawn(async move {
+                    let mode = wick_store::migrate(&mut client, &TimescaleSettings::default()).await;
+                    (client, mode)
+                })
+            })
+            .collect();
+        let mut connections = Vec::new();
+        for m in migrations {
+            let (client, mode) = m.await.unwrap();
+            assert_eq!(mode.unwrap_or_else(|e| panic!("round {round}: {e}")), StorageMode::Plain);
+            connections.push(client);
+        }
+        // Then a batch of the same new month from each, in transactions that overlap.
+        let writes: Vec<_> = connections
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut client)| {
+                tokio::spawn(async move {
+                    let c = candle(&[trade(k as u64 + 1, &format!("2031-01-15T12:0{k}:00Z"), "1", "1")]);
+                    wick_store::write_batch(&mut client, StorageMode::Plain, &[c], &[]).await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap_or_else(|e| panic!("round {round}: a writer failed: {e}"));
+        }
+        let rows: i64 = admin.query_one(&format!("SELECT count(*) FROM {schema}.candles"), &[]).await.unwrap().get(0);
+        assert_eq!(rows, 4, "round {round}");
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
 }
