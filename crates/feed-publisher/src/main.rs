@@ -39,9 +39,14 @@ enum Command {
         /// Seed of the random walk.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Stop after this many trades.
+        /// Stop after this many trades (the history's included).
         #[arg(long)]
         count: Option<u64>,
+        /// First publish this much history (e.g. 1d: trades with event times from a day ago up
+        /// to now, 2 per second across all instruments, at most 200,000 in all), as fast as the
+        /// broker takes them; then go on live with the same instruments, ids and prices.
+        #[arg(long, value_name = "DURATION")]
+        history: Option<wick_service::duration::Duration>,
     },
     /// Live trades from an exchange's public WebSocket feed, until Ctrl-C: Binance `trade`,
     /// Coinbase Exchange `matches` (with heartbeats for gap detection), Kraken v2 `trade`.
@@ -92,8 +97,9 @@ async fn main() -> Result<()> {
     let producer = run::start_producer(&config, client, metrics.clone(), clock.clone()).await?;
     service.readiness.set(true);
     let summary = match cli.command {
-        Command::Simulate { instruments, rate, seed, count } => {
-            run::simulate(&producer, instruments, rate, seed, count, clock, &shutdown).await
+        Command::Simulate { instruments, rate, seed, count, history } => {
+            let settings = run::SimulateSettings { instruments, rate, seed, count, history: history.map(|h| h.get()) };
+            run::simulate(&producer, &settings, clock, &shutdown).await
         }
         Command::Live { exchange, symbols, feed, url } => {
             let feed = feed_publisher::live::Feed::of(exchange, feed.as_deref()).map_err(anyhow::Error::msg)?;

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::producer::{DeadLetter, Producer, ProducerSettings, ProducerStats};
 use crate::replay::{self, ReplayFormat};
-use crate::simulate::Simulator;
+use crate::simulate::{self, Simulator};
 
 /// The end-of-run summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,19 +159,62 @@ pub async fn replay(
     Ok(summary)
 }
 
+/// What `simulate` publishes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimulateSettings {
+    /// Instruments (1 to 8) from the simulator's catalog.
+    pub instruments: usize,
+    /// Live trades per second, across all instruments.
+    pub rate: f64,
+    /// Seed of the random walk.
+    pub seed: u64,
+    /// Stop after this many trades, the history's included.
+    pub count: Option<u64>,
+    /// First publish this much history: trades with event times from now minus it up to now
+    /// ([`crate::simulate::history_rate`] per second), as fast as the broker takes them.
+    pub history: Option<Duration>,
+}
+
 /// Simulates `rate` trades per second over `instruments` until `count` trades (if given) or
-/// shutdown. Trades carry the clock's time; steps are 10 ms.
-pub async fn simulate(
-    producer: &Producer,
-    instruments: usize,
-    rate: f64,
-    seed: u64,
-    count: Option<u64>,
-    clock: Arc<dyn Clock>,
-    shutdown: &Shutdown,
-) -> Result<Summary> {
-    let mut sim = Simulator::new(instruments, seed).map_err(anyhow::Error::msg)?;
+/// shutdown, after the history if one is asked for. Live trades are made in steps of 10 ms, with
+/// event times spread over the time since the previous step (never after the clock's now).
+pub async fn simulate(producer: &Producer, settings: &SimulateSettings, clock: Arc<dyn Clock>, shutdown: &Shutdown) -> Result<Summary> {
+    let mut sim = Simulator::new(settings.instruments, settings.seed).map_err(anyhow::Error::msg)?;
     let mut summary = Summary::default();
+    let mut last = clock.now();
+    if let Some(span) = settings.history {
+        let started = Instant::now();
+        let rate = simulate::history_rate(span);
+        let span_us = i64::try_from(span.as_micros()).unwrap_or(i64::MAX);
+        let mut from = last.saturating_sub_micros(span_us);
+        tracing::info!(span = ?span, trades_per_second = rate, "publishing the history");
+        // Publishing takes a while: the time that passed meanwhile becomes history too, until the
+        // history is within a second of the clock and the live steps take over.
+        loop {
+            let to = clock.now();
+            let mut chunk: Vec<Trade> = Vec::with_capacity(HISTORY_CHUNK);
+            for step in sim.history(from, to, rate) {
+                chunk.extend(step);
+                if chunk.len() >= HISTORY_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(HISTORY_CHUNK));
+                    if !publish_counted(producer, full, settings.count, &mut summary).await? || shutdown.is_requested() {
+                        producer.flush().await?;
+                        return Ok(summary);
+                    }
+                }
+            }
+            if !publish_counted(producer, chunk, settings.count, &mut summary).await? {
+                producer.flush().await?;
+                return Ok(summary);
+            }
+            from = to;
+            if clock.now().as_micros() - from.as_micros() < 1_000_000 {
+                break;
+            }
+        }
+        last = from;
+        tracing::info!(trades = summary.read, seconds = started.elapsed().as_secs_f64(), "history published; going live");
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -179,19 +222,28 @@ pub async fn simulate(
             _ = tick.tick() => {}
             _ = shutdown.requested() => break,
         }
-        let n = sim.step_size(rate / 100.0);
         let now: Timestamp = clock.now();
-        for _ in 0..n {
-            if count.is_some_and(|c| summary.read >= c) {
-                producer.flush().await?;
-                return Ok(summary);
-            }
-            producer.publish(sim.trade(now)).await?;
-            summary.read += 1;
+        let trades = sim.step(last, now, settings.rate / 100.0);
+        last = last.max(now);
+        if !publish_counted(producer, trades, settings.count, &mut summary).await? {
+            break;
         }
     }
     producer.flush().await?;
     Ok(summary)
+}
+
+/// History trades are handed to the producer in chunks of this many.
+const HISTORY_CHUNK: usize = 1024;
+
+/// Publishes `trades`, or as many of them as `count` still allows; false once it is reached.
+async fn publish_counted(producer: &Producer, mut trades: Vec<Trade>, count: Option<u64>, summary: &mut Summary) -> Result<bool> {
+    if let Some(count) = count {
+        trades.truncate(usize::try_from(count.saturating_sub(summary.read)).unwrap_or(usize::MAX));
+    }
+    summary.read += trades.len() as u64;
+    producer.publish_many(trades).await?;
+    Ok(count.is_none_or(|c| summary.read < c))
 }
 
 /// Closes the producer and completes the summary with what the broker acknowledged.

@@ -132,7 +132,8 @@ async fn a_missing_or_unrecognizable_file_fails_before_anything_is_published() {
 async fn simulate_publishes_exactly_the_count_asked_for() {
     let t = topics().await;
     let (clock, producer, _trigger, shutdown) = start(&t).await;
-    let summary = run::simulate(&producer, 3, 200_000.0, 42, Some(2_000), clock, &shutdown).await.unwrap();
+    let settings = run::SimulateSettings { instruments: 3, rate: 200_000.0, seed: 42, count: Some(2_000), history: None };
+    let summary = run::simulate(&producer, &settings, clock, &shutdown).await.unwrap();
     let (summary, _) = run::finish(producer, summary).await.unwrap();
     assert_eq!((summary.read, summary.published), (2_000, 2_000));
     let published = read_trades(&t.market).await;
@@ -143,6 +144,41 @@ async fn simulate_publishes_exactly_the_count_asked_for() {
         assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "per-instrument order is kept");
     }
     let _ = Instrument::new("SIM:BTC-USD").unwrap();
+}
+
+#[tokio::test]
+async fn simulate_publishes_an_hour_of_history_then_goes_on_live() {
+    let t = topics().await;
+    let (clock, producer, _trigger, shutdown) = start(&t).await;
+    let before = clock.now();
+    // An hour at 2 trades a second is some 7,200 trades: the count stops the run after a few
+    // thousand live ones, 1,000 a second per instrument.
+    let settings =
+        run::SimulateSettings { instruments: 2, rate: 2_000.0, seed: 5, count: Some(10_000), history: Some(Duration::from_secs(3600)) };
+    let summary = run::simulate(&producer, &settings, clock.clone(), &shutdown).await.unwrap();
+    let after = clock.now();
+    let (summary, _) = run::finish(producer, summary).await.unwrap();
+    assert_eq!((summary.read, summary.published), (10_000, 10_000));
+    let published = read_trades(&t.market).await;
+    assert_eq!(published.len(), 2);
+    let hour = 3_600_000_000;
+    for (instrument, trades) in &published {
+        let ids: Vec<u64> = trades.iter().map(Trade::trade_id).collect();
+        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "{instrument}: ids continue from the history into live");
+        assert!(trades.windows(2).all(|w| w[1].event_time() > w[0].event_time()), "{instrument}: event times strictly increase");
+        let first = trades[0].event_time();
+        assert!(
+            first >= before.saturating_sub_micros(hour) && first < before.saturating_sub_micros(hour - 60_000_000),
+            "{instrument}: starts an hour back"
+        );
+        assert!(trades.last().unwrap().event_time() <= after, "{instrument}: nothing in the future");
+        // Then live: the last 200 trades came within a second (the history has 1 a second).
+        let tail = &trades[trades.len() - 200..];
+        let spread = tail[199].event_time().as_micros() - tail[0].event_time().as_micros();
+        assert!(spread < 1_000_000, "{instrument}: goes on live ({spread} µs for 200 trades)");
+    }
+    let history = published.values().flatten().filter(|t| t.event_time() <= before).count();
+    assert!((5_000..=9_500).contains(&history), "about 7,200 trades of history ({history})");
 }
 
 #[test]
@@ -157,9 +193,10 @@ fn help_documents_every_subcommand_and_flag() {
     for needle in ["--instrument", "--speed", "FILES"] {
         assert!(help.contains(needle), "replay --help lacks {needle}:\n{help}");
     }
-    for (command, flags) in
-        [("live", &["--exchange", "--symbols", "--feed", "--url"][..]), ("simulate", &["--instruments", "--rate", "--seed", "--count"][..])]
-    {
+    for (command, flags) in [
+        ("live", &["--exchange", "--symbols", "--feed", "--url"][..]),
+        ("simulate", &["--instruments", "--rate", "--seed", "--count", "--history"][..]),
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher")).args([command, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         for flag in flags {
