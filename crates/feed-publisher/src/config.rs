@@ -83,16 +83,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_section_is_in_the_list_of_wick_sections() {
-        assert_eq!(wick_service::config::unlisted_sections::<Config>(), Vec::<String>::new());
+    fn every_setting_is_in_the_list_of_wick_settings() {
+        assert_eq!(wick_service::config::unlisted_settings::<Config>(), Vec::<String>::new());
     }
 
     #[test]
     fn another_service_settings_are_ignored() {
-        let env =
-            [("WICK__CHECKPOINT__INTERVAL", "5s"), ("WICK__PRODUCER__COMPRESSION", "none")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        // One environment for the four services, as a compose `.env` holds it.
+        let env = [
+            ("WICK__CHECKPOINT__INTERVAL", "5s"),
+            ("WICK__KAFKA__CANDLES_TOPIC", "candles"),
+            ("WICK__KAFKA__MARKET_EVENTS_TOPIC", "trades"),
+            ("WICK__DATABASE__URL", "postgres://db/wick"),
+            ("WICK__HTTP__LISTEN", "0.0.0.0:8080"),
+            ("WICK__PRODUCER__COMPRESSION", "none"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c: Config = wick_service::config::load_with_env(None, env).unwrap();
-        assert_eq!(c.producer.compression, "none");
+        assert_eq!((c.producer.compression.as_str(), c.kafka.market_events_topic.as_str()), ("none", "trades"));
         let env = [("WICK__CHECKPOINTS__INTERVAL", "5s")].map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert!(wick_service::config::load_with_env::<Config>(None, env).is_err());
     }

@@ -186,8 +186,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_section_is_in_the_list_of_wick_sections() {
-        assert_eq!(wick_service::config::unlisted_sections::<Config>(), Vec::<String>::new());
+    fn every_setting_is_in_the_list_of_wick_settings() {
+        assert_eq!(wick_service::config::unlisted_settings::<Config>(), Vec::<String>::new());
     }
 
     #[test]

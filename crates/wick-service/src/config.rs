@@ -4,9 +4,10 @@
 //! once.
 //!
 //! One environment may hold the settings of every Wick service (a compose `.env`, a shared
-//! ConfigMap): a variable whose section belongs to another service ([`SECTIONS`]) is ignored, a
-//! section no service knows is refused. A YAML file is one service's own, so every key in it must
-//! be that service's.
+//! ConfigMap): a variable of a setting that only other services have ([`SETTINGS`]: a section,
+//! or a key of a shared section such as `kafka.candles_topic`) is ignored; a section or key no
+//! service knows is refused. A YAML file is one service's own, so every key in it must be that
+//! service's.
 
 use std::path::Path;
 
@@ -23,40 +24,83 @@ pub trait Validate {
 /// The environment prefix of every override.
 pub const ENV_PREFIX: &str = "WICK__";
 
-/// The top-level sections of every Wick service's configuration, sorted. A `WICK__` variable
-/// of one of these that the loading service does not have is meant for another service;
-/// anything else is a mistake. Each service's tests check that its sections are listed here
-/// ([`unlisted_sections`]).
-pub const SECTIONS: &[&str] = &[
-    "aggregation",
-    "auth",
-    "batch",
-    "binance",
-    "checkpoint",
-    "consumer",
-    "database",
-    "grpc",
-    "http",
-    "instance",
-    "kafka",
-    "l1",
-    "limits",
-    "live",
-    "ops",
-    "output",
-    "producer",
-    "redis",
-    "ring",
+/// Every setting of every Wick service: each top-level section with its keys, both sorted. A
+/// `WICK__` variable of a setting listed here that the loading service does not have is meant
+/// for another service; anything else it does not have is a mistake. Each service's tests check
+/// that its settings are listed ([`unlisted_settings`]), so a new one cannot be forgotten.
+pub const SETTINGS: &[(&str, &[&str])] = &[
+    ("aggregation", &["allowed_lateness", "future_tolerance", "intervals", "live_lag", "revision_window", "tick", "update_throttle"]),
+    ("auth", &["api_keys"]),
+    ("batch", &["max_candles", "max_delay"]),
+    ("binance", &["exchange", "max_source_candles", "quote_assets"]),
+    ("checkpoint", &["database_url", "interval", "schema"]),
+    ("consumer", &["auto_offset_reset", "fetch_max_bytes", "fetch_max_wait", "fetch_min_bytes", "max_poll_records"]),
+    (
+        "database",
+        &[
+            "chunk_interval",
+            "compress_after",
+            "max_backoff",
+            "min_backoff",
+            "partitions_ahead",
+            "pool_size",
+            "query_timeout",
+            "retention",
+            "schema",
+            "url",
+        ],
+    ),
+    ("grpc", &["listen"]),
+    ("http", &["cors_origins", "listen"]),
+    ("instance", &["count", "index"]),
+    (
+        "kafka",
+        &[
+            "brokers",
+            "candles_partitions",
+            "candles_topic",
+            "dead_letter_partitions",
+            "dead_letter_topic",
+            "fetch_max_bytes",
+            "fetch_max_wait",
+            "market_events_partitions",
+            "market_events_topic",
+            "request_deadline",
+        ],
+    ),
+    ("l1", &["enabled", "max_candles", "max_entries", "ttl"]),
+    ("limits", &["per_address_burst", "per_address_rate", "per_key_burst", "per_key_rate"]),
+    ("live", &["client_buffer", "max_connections", "max_subscriptions", "max_unpersisted", "prune_interval"]),
+    ("ops", &["listen"]),
+    ("output", &["linger", "max_request_bytes"]),
+    ("producer", &["compression", "linger", "max_request_bytes"]),
+    ("redis", &["command_timeout", "enabled", "key_prefix", "max_pending", "ttl", "url"]),
+    ("ring", &["buffer_size", "num_consumers", "wait_strategy"]),
 ];
 
-/// The top-level sections of `T` (the keys of its serialized defaults) missing from
-/// [`SECTIONS`]; every service's tests assert that this is empty.
-pub fn unlisted_sections<T: Serialize + Default>() -> Vec<String> {
-    match serde_yaml::to_value(T::default()) {
-        Ok(Value::Mapping(map)) => map.keys().filter_map(Value::as_str).filter(|k| !SECTIONS.contains(k)).map(str::to_owned).collect(),
-        Ok(_) => vec!["(the configuration is not a mapping)".to_owned()],
-        Err(e) => vec![format!("(the defaults do not serialize: {e})")],
+/// Whether some Wick service has `section` (and `key` in it, when given).
+fn wick_knows(section: &str, key: Option<&str>) -> bool {
+    SETTINGS.iter().any(|(s, keys)| *s == section && key.is_none_or(|k| keys.contains(&k)))
+}
+
+/// The settings of `T` (its serialized defaults: `section.key`, or `section` when it is not a
+/// mapping) missing from [`SETTINGS`]; every service's tests assert that this is empty.
+pub fn unlisted_settings<T: Serialize + Default>() -> Vec<String> {
+    let map = match serde_yaml::to_value(T::default()) {
+        Ok(Value::Mapping(map)) => map,
+        Ok(_) => return vec!["(the configuration is not a mapping)".to_owned()],
+        Err(e) => return vec![format!("(the defaults do not serialize: {e})")],
+    };
+    let mut out = Vec::new();
+    for (section, value) in &map {
+        let section = section.as_str().unwrap_or_default();
+        match value {
+            Value::Mapping(keys) => out
+                .extend(keys.keys().filter_map(Value::as_str).filter(|k| !wick_knows(section, Some(k))).map(|k| format!("{section}.{k}"))),
+            _ => out.push(section.to_owned()),
+        }
     }
+    out
 }
 
 /// Loads `T` from its defaults, the file at `path` (if any) and the process environment.
@@ -70,27 +114,34 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T> {
-    let mut value = serde_yaml::to_value(T::default()).context("serializing the defaults")?;
+    // The service's own settings are those of its defaults.
+    let defaults = serde_yaml::to_value(T::default()).context("serializing the defaults")?;
+    let mut value = defaults.clone();
     if let Some(path) = path {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         let file: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
         merge(&mut value, file);
     }
-    // The service's own sections: the top-level keys of its defaults.
-    let own: Vec<String> = match &value {
-        Value::Mapping(map) => map.keys().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect(),
-        _ => Vec::new(),
-    };
     let mut elsewhere = Vec::new();
     for (key, raw) in env {
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        if !own.contains(&path[0]) {
-            if SECTIONS.contains(&path[0].as_str()) {
+        let (section, setting) = (path[0].as_str(), path.get(1).map(String::as_str));
+        match lookup(&defaults, section) {
+            None if wick_knows(section, None) => {
                 elsewhere.push(key);
                 continue;
             }
-            bail!("{key}: no Wick service has a section `{}` (known sections: {})", path[0], SECTIONS.join(", "));
+            None => {
+                let sections: Vec<&str> = SETTINGS.iter().map(|(s, _)| *s).collect();
+                bail!("{key}: no Wick service has a section `{section}` (known sections: {})", sections.join(", "));
+            }
+            // A key of a shared section that only other services have (`kafka.candles_topic`).
+            Some(own) if setting.is_some_and(|k| own.is_mapping() && lookup(own, k).is_none() && wick_knows(section, Some(k))) => {
+                elsewhere.push(key);
+                continue;
+            }
+            Some(_) => {}
         }
         let scalar: Value = if raw.trim().is_empty() {
             Value::String(String::new())
@@ -105,7 +156,7 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
     }
     if !elsewhere.is_empty() {
         elsewhere.sort();
-        tracing::debug!(variables = %elsewhere.join(", "), "ignoring settings of other Wick services' sections");
+        tracing::debug!(variables = %elsewhere.join(", "), "ignoring the settings of other Wick services");
     }
     let config: T = serde_yaml::from_value(value).context("invalid configuration")?;
     let problems = config.validate();
@@ -113,6 +164,12 @@ pub fn load_with_env<T: DeserializeOwned + Serialize + Default + Validate>(
         bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
     }
     Ok(config)
+}
+
+/// The entry of a mapping whose key matches `name` case-insensitively.
+fn lookup<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    let Value::Mapping(map) = value else { return None };
+    map.iter().find(|(k, _)| k.as_str().is_some_and(|k| k.eq_ignore_ascii_case(name))).map(|(_, v)| v)
 }
 
 /// Overlays `over` onto `base`, mapping by mapping.
@@ -286,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn other_services_sections_are_ignored_and_logged_once() {
+    fn other_services_settings_are_ignored_and_logged_once() {
         let log = Captured::default();
         let writer = log.clone();
         let subscriber =
@@ -299,15 +356,22 @@ mod tests {
                     ("WICK__PARTITIONS", "4"),
                     ("WICK__Ring__Buffer_Size", "not even a number"),
                     ("WICK__CHECKPOINT__NOT_CHECKED_HERE", "1"),
+                    ("WICK__KAFKA__CANDLES_TOPIC", "another service's key of a shared section"),
+                    ("WICK__KAFKA__LINGER", "25ms"),
                 ]),
             )
         })
         .unwrap();
-        assert_eq!(c, Config { partitions: 4, ..Config::default() });
+        let kafka = Kafka { linger: crate::duration::Duration::from_millis(25), ..Kafka::default() };
+        assert_eq!(c, Config { partitions: 4, kafka });
         let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 1, "{log}");
         assert!(
-            log.contains("DEBUG") && log.contains("WICK__CHECKPOINT__DATABASE_URL") && log.contains("WICK__Ring__Buffer_Size"),
+            log.contains("DEBUG")
+                && log.contains("WICK__CHECKPOINT__DATABASE_URL")
+                && log.contains("WICK__Ring__Buffer_Size")
+                && log.contains("WICK__KAFKA__CANDLES_TOPIC")
+                && !log.contains("WICK__KAFKA__LINGER"),
             "{log}"
         );
         assert!(!log.contains("elsewhere"), "values are not logged: {log}");
@@ -317,10 +381,13 @@ mod tests {
     fn a_section_no_service_knows_is_refused_with_the_known_ones() {
         let err = format!("{:#}", load_with_env::<Config>(None, env(&[("WICK__CHECKPONT__INTERVAL", "5s")])).unwrap_err());
         assert!(err.contains("WICK__CHECKPONT__INTERVAL") && err.contains("`checkpont`"), "{err}");
-        for section in SECTIONS {
+        for (section, _) in SETTINGS {
             assert!(err.contains(section), "{section} missing from: {err}");
         }
         assert!(load_with_env::<Config>(None, env(&[("WICK__", "1")])).is_err());
+        // In an own section, a key no service has is refused too.
+        let err = format!("{:#}", load_with_env::<Config>(None, env(&[("WICK__KAFKA__CANDLES_TOPICS", "x")])).unwrap_err());
+        assert!(err.contains("candles_topics"), "{err}");
     }
 
     #[test]
@@ -338,9 +405,10 @@ mod tests {
     }
 
     #[test]
-    fn the_section_list_is_sorted_and_catches_an_unlisted_section() {
-        assert!(SECTIONS.windows(2).all(|w| w[0] < w[1]), "{SECTIONS:?}");
-        // The test configuration's `partitions` is no service's section.
-        assert_eq!(unlisted_sections::<Config>(), vec!["partitions".to_owned()]);
+    fn the_settings_list_is_sorted_and_catches_an_unlisted_setting() {
+        assert!(SETTINGS.windows(2).all(|w| w[0].0 < w[1].0), "{SETTINGS:?}");
+        assert!(SETTINGS.iter().all(|(_, keys)| keys.windows(2).all(|w| w[0] < w[1])), "{SETTINGS:?}");
+        // No service has `kafka.linger` or a top-level `partitions`.
+        assert_eq!(unlisted_settings::<Config>(), vec!["kafka.linger".to_owned(), "partitions".to_owned()]);
     }
 }
