@@ -1,10 +1,13 @@
 //! History files for `replay`: Binance public-data `trades` and `aggTrades` CSV files (with or
 //! without a header line, millisecond or microsecond timestamps) and JSON lines of normalized
-//! trades. This module recognizes a file's format and parses its lines; reading and pacing are
-//! the command's.
+//! trades. This module recognizes a file's format and parses its lines, and shows how far a
+//! replay has got ([`ReplayProgress`]); reading and pacing are the command's.
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use indicatif::{HumanBytes, HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wick_core::{Instrument, TakerSide, Timestamp, Trade};
 
 use crate::exchange::{self, Exchange, ParseError};
@@ -128,9 +131,279 @@ pub fn parse_line(
     }
 }
 
+/// How far a replay has got: bytes of the files read (of their total), trades read and refused,
+/// their rates and the time left at the rate so far. On a terminal a progress bar (indicatif);
+/// elsewhere (a log file, CI) a plain line every so often, so the output stays readable.
+#[derive(Debug)]
+pub struct ReplayProgress {
+    total_bytes: u64,
+    bytes: u64,
+    trades: u64,
+    rejected: u64,
+    started: Instant,
+    output: Output,
+}
+
+enum Output {
+    Bar(ProgressBar),
+    Lines { to: Box<dyn Write + Send>, every: Duration, last: Instant },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Bar(_) => f.write_str("Bar"),
+            Output::Lines { every, .. } => write!(f, "Lines every {every:?}"),
+        }
+    }
+}
+
+/// How often a replay whose stderr is not a terminal writes a progress line.
+pub const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(10);
+
+impl ReplayProgress {
+    /// A bar when stderr is a terminal, else a line every [`PROGRESS_LINE_EVERY`] on stderr.
+    pub fn stderr() -> ReplayProgress {
+        if std::io::stderr().is_terminal() {
+            ReplayProgress::bar(ProgressDrawTarget::stderr())
+        } else {
+            ReplayProgress::lines(Box::new(std::io::stderr()), PROGRESS_LINE_EVERY)
+        }
+    }
+
+    /// A progress bar drawn on `target`.
+    pub fn bar(target: ProgressDrawTarget) -> ReplayProgress {
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        let template = "{spinner} [{elapsed}] [{wide_bar}] {percent:>3}% {binary_bytes}/{binary_total_bytes} \
+                        ({binary_bytes_per_sec}), {msg}, ETA {eta}";
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        ReplayProgress::with(Output::Bar(bar))
+    }
+
+    /// A plain line on `to` at most every `every` (and one at the end).
+    pub fn lines(to: Box<dyn Write + Send>, every: Duration) -> ReplayProgress {
+        ReplayProgress::with(Output::Lines { to, every, last: Instant::now() })
+    }
+
+    fn with(output: Output) -> ReplayProgress {
+        ReplayProgress { total_bytes: 0, bytes: 0, trades: 0, rejected: 0, started: Instant::now(), output }
+    }
+
+    /// The replay starts: `total_bytes` to read.
+    pub fn begin(&mut self, total_bytes: u64) {
+        self.total_bytes = total_bytes;
+        self.started = Instant::now();
+        if let Output::Bar(bar) = &self.output {
+            bar.set_length(total_bytes);
+            bar.reset_elapsed();
+            bar.reset_eta();
+        }
+    }
+
+    /// The replay has read `bytes` of its files, `trades` trades (or lines), `rejected` of them
+    /// refused.
+    pub fn update(&mut self, bytes: u64, trades: u64, rejected: u64) {
+        (self.bytes, self.trades, self.rejected) = (bytes, trades, rejected);
+        let elapsed = self.started.elapsed();
+        let due = matches!(&self.output, Output::Lines { every, last, .. } if last.elapsed() >= *every);
+        let line = due.then(|| self.line(elapsed));
+        match &mut self.output {
+            Output::Bar(bar) => {
+                bar.set_position(bytes);
+                bar.set_message(trade_counts(trades, rejected, elapsed));
+            }
+            Output::Lines { to, last, .. } => {
+                if let Some(line) = line {
+                    *last = Instant::now();
+                    let _ = writeln!(to, "{line}");
+                }
+            }
+        }
+    }
+
+    /// The replay is over (done, failed or stopped): the bar stays with the totals, or a last
+    /// line says them.
+    pub fn finish(&mut self) {
+        let elapsed = self.started.elapsed();
+        let done = self.done_line(elapsed);
+        match &mut self.output {
+            Output::Bar(bar) => {
+                bar.set_message(trade_counts(self.trades, self.rejected, elapsed));
+                bar.abandon();
+            }
+            Output::Lines { to, .. } => {
+                let _ = writeln!(to, "{done}");
+                let _ = to.flush();
+            }
+        }
+    }
+
+    /// (bytes read, trades read, rejected) so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (self.bytes, self.trades, self.rejected)
+    }
+
+    /// The progress line after `elapsed`.
+    pub fn line(&self, elapsed: Duration) -> String {
+        let percent = self.bytes.saturating_mul(100).checked_div(self.total_bytes).unwrap_or(100);
+        let seconds = elapsed.as_secs_f64();
+        let bytes_per_second = if seconds > 0.0 { self.bytes as f64 / seconds } else { 0.0 };
+        let eta = match self.total_bytes.saturating_sub(self.bytes) {
+            0 => "0 seconds".to_owned(),
+            _ if self.bytes == 0 || seconds <= 0.0 => "unknown".to_owned(),
+            left => HumanDuration(Duration::from_secs_f64(left as f64 * seconds / self.bytes as f64)).to_string(),
+        };
+        format!(
+            "replay: {} of {} ({percent}%), {}, {}/s, ETA {eta}",
+            HumanBytes(self.bytes),
+            HumanBytes(self.total_bytes),
+            trade_counts(self.trades, self.rejected, elapsed),
+            HumanBytes(bytes_per_second as u64)
+        )
+    }
+
+    /// The last line, after `elapsed`.
+    pub fn done_line(&self, elapsed: Duration) -> String {
+        format!(
+            "replay: finished: {} of {} in {}, {}",
+            HumanBytes(self.bytes),
+            HumanBytes(self.total_bytes),
+            HumanDuration(elapsed),
+            trade_counts(self.trades, self.rejected, elapsed)
+        )
+    }
+}
+
+/// `1,234 trades (617/s), 2 rejected`.
+fn trade_counts(trades: u64, rejected: u64, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 { (trades as f64 / seconds) as u64 } else { 0 };
+    format!("{} trades ({}/s), {} rejected", HumanCount(trades), HumanCount(rate), HumanCount(rejected))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            160
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.0.lock().unwrap().push('\r');
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn progress_lines_say_bytes_trades_rates_and_time_left() {
+        let mut p = ReplayProgress::lines(Box::new(std::io::sink()), Duration::ZERO);
+        p.begin(4 * 1024 * 1024);
+        p.update(1024 * 1024, 10_000, 3);
+        assert_eq!(
+            p.line(Duration::from_secs(5)),
+            "replay: 1.00 MiB of 4.00 MiB (25%), 10,000 trades (2,000/s), 3 rejected, 204.80 KiB/s, ETA 15 seconds"
+        );
+        assert_eq!(p.line(Duration::ZERO), "replay: 1.00 MiB of 4.00 MiB (25%), 10,000 trades (0/s), 3 rejected, 0 B/s, ETA unknown");
+        p.update(4 * 1024 * 1024, 40_000, 3);
+        assert_eq!(
+            p.done_line(Duration::from_secs(20)),
+            "replay: finished: 4.00 MiB of 4.00 MiB in 20 seconds, 40,000 trades (2,000/s), 3 rejected"
+        );
+        let mut empty = ReplayProgress::lines(Box::new(std::io::sink()), Duration::ZERO);
+        empty.begin(0);
+        assert!(empty.line(Duration::from_secs(1)).contains("(100%)"), "{}", empty.line(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn without_a_terminal_lines_are_written_every_so_often_and_at_the_end() {
+        let out = Captured::default();
+        let mut every_update = ReplayProgress::lines(Box::new(out.clone()), Duration::ZERO);
+        every_update.begin(300);
+        for i in 1..=3 {
+            every_update.update(i * 100, i * 10, 0);
+        }
+        every_update.finish();
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("replay: 100 B of 300 B (33%), 10 trades"), "{text}");
+        assert!(lines[2].starts_with("replay: 300 B of 300 B (100%), 30 trades"), "{text}");
+        assert!(lines[3].starts_with("replay: finished: 300 B of 300 B in ") && lines[3].ends_with(", 0 rejected"), "{text}");
+        assert!(!text.contains('\r') && !text.contains('\x1b'), "plain text only: {text:?}");
+
+        let out = Captured::default();
+        let mut hourly = ReplayProgress::lines(Box::new(out.clone()), Duration::from_secs(3600));
+        hourly.begin(300);
+        hourly.update(100, 10, 0);
+        hourly.update(300, 30, 1);
+        hourly.finish();
+        assert_eq!(out.text().lines().count(), 1, "only the last line within the hour: {}", out.text());
+        assert_eq!(hourly.totals(), (300, 30, 1));
+    }
+
+    #[test]
+    fn on_a_terminal_the_bar_shows_bytes_and_trades() {
+        let screen = Screen::default();
+        let mut bar = ReplayProgress::bar(ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        bar.begin(2048);
+        bar.update(1024, 1_500, 2);
+        bar.update(2048, 3_000, 2);
+        bar.finish();
+        let drawn = screen.0.lock().unwrap().clone();
+        let last = drawn.rsplit(['\r', '\n']).find(|l| !l.trim().is_empty()).unwrap_or_default();
+        assert!(last.contains("100% 2.00 KiB/2.00 KiB") && last.contains("3,000 trades") && last.contains("2 rejected"), "{drawn:?}");
+        assert!(last.contains("[=") && last.contains("ETA"), "{drawn:?}");
+    }
 
     fn btc() -> Instrument {
         Instrument::new("BINANCE:BTC-USDT").unwrap()

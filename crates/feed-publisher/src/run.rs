@@ -1,6 +1,6 @@
 //! The `replay` and `simulate` commands, as functions the binary and the tests call.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use wick_service::shutdown::Shutdown;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::producer::{DeadLetter, Producer, ProducerSettings, ProducerStats};
-use crate::replay::{self, ReplayFormat};
+use crate::replay::{self, ReplayFormat, ReplayProgress};
 use crate::simulate::{self, Simulator};
 
 /// The end-of-run summary.
@@ -59,10 +59,12 @@ struct ReplayFile {
     path: PathBuf,
     format: ReplayFormat,
     instrument: Option<Instrument>,
+    size: u64,
 }
 
 fn open_file(path: &Path, instrument: Option<&Instrument>) -> Result<ReplayFile> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
     let mut first = String::new();
     BufReader::new(file).read_line(&mut first).with_context(|| format!("reading {}", path.display()))?;
     let format = replay::detect(path, &first)?;
@@ -71,10 +73,11 @@ fn open_file(path: &Path, instrument: Option<&Instrument>) -> Result<ReplayFile>
         (_, Some(i)) => Some(i.clone()),
         (_, None) => Some(replay::instrument_from_file_name(path)?),
     };
-    Ok(ReplayFile { path: path.to_owned(), format, instrument })
+    Ok(ReplayFile { path: path.to_owned(), format, instrument, size })
 }
 
-/// Replays history files in order: as fast as possible, or at `speed` times real time.
+/// Replays history files in order: as fast as possible, or at `speed` times real time. Shows its
+/// progress on stderr: a bar on a terminal, a line every 10 s elsewhere ([`ReplayProgress::stderr`]).
 pub async fn replay(
     producer: &Producer,
     files: &[PathBuf],
@@ -83,80 +86,96 @@ pub async fn replay(
     clock: Arc<dyn Clock>,
     shutdown: &Shutdown,
 ) -> Result<Summary> {
+    replay_with_progress(producer, files, instrument, speed, clock, shutdown, &mut ReplayProgress::stderr()).await
+}
+
+/// [`replay`], showing its progress on `progress`.
+pub async fn replay_with_progress(
+    producer: &Producer,
+    files: &[PathBuf],
+    instrument: Option<&Instrument>,
+    speed: Option<f64>,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+    progress: &mut ReplayProgress,
+) -> Result<Summary> {
     if files.is_empty() {
         bail!("replay needs at least one file");
     }
     // Every file must exist and be recognizable before the first trade goes out.
     let files = files.iter().map(|p| open_file(p, instrument)).collect::<Result<Vec<_>>>()?;
+    progress.begin(files.iter().map(|f| f.size).sum());
     let mut summary = Summary::default();
-    let progress = std::io::stderr().is_terminal();
-    let mut last_progress = Instant::now();
-    // Pacing: the first trade's event time is replayed at the wall time the replay started.
-    let mut pace: Option<(i64, Instant)> = None;
-    // Trades go to the producer in chunks: one hand-off per chunk, one clock read per chunk.
-    const CHUNK: usize = 1024;
-    let mut chunk: Vec<Trade> = Vec::with_capacity(CHUNK);
-    let mut received = clock.now();
-    for file in &files {
-        let reader = BufReader::new(std::fs::File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?);
-        let placeholder = Instrument::new("REPLAY:UNKNOWN-UNKNOWN")?;
-        let instrument = file.instrument.as_ref().unwrap_or(&placeholder);
-        for (index, line) in reader.split(b'\n').enumerate() {
-            if index % CHUNK == 0 {
-                if shutdown.is_requested() {
-                    producer.publish_many(std::mem::take(&mut chunk)).await?;
-                    producer.flush().await?;
-                    return Ok(summary);
+    // Bytes of the files read: each line and its newline.
+    let mut bytes: u64 = 0;
+    let outcome: Result<()> = async {
+        // Pacing: the first trade's event time is replayed at the wall time the replay started.
+        let mut pace: Option<(i64, Instant)> = None;
+        // Trades go to the producer in chunks: one hand-off per chunk, one clock read per chunk.
+        const CHUNK: usize = 1024;
+        let mut chunk: Vec<Trade> = Vec::with_capacity(CHUNK);
+        let mut received = clock.now();
+        let mut files_before: u64 = 0;
+        for file in &files {
+            let reader = BufReader::new(std::fs::File::open(&file.path).with_context(|| format!("cannot open {}", file.path.display()))?);
+            let placeholder = Instrument::new("REPLAY:UNKNOWN-UNKNOWN")?;
+            let instrument = file.instrument.as_ref().unwrap_or(&placeholder);
+            for (index, line) in reader.split(b'\n').enumerate() {
+                if index % CHUNK == 0 {
+                    if shutdown.is_requested() {
+                        producer.publish_many(std::mem::take(&mut chunk)).await?;
+                        producer.flush().await?;
+                        return Ok(());
+                    }
+                    received = clock.now();
+                    progress.update(bytes, summary.read, summary.rejected);
                 }
-                received = clock.now();
-            }
-            let line = line.with_context(|| format!("reading {}", file.path.display()))?;
-            let text = String::from_utf8_lossy(&line);
-            match replay::parse_line(file.format, &text, index == 0, instrument, received) {
-                Ok(None) => continue,
-                Ok(Some(trade)) => {
-                    summary.read += 1;
-                    if let Some(speed) = speed {
-                        let event = trade.event_time().as_micros();
-                        let (first_event, started) = *pace.get_or_insert((event, Instant::now()));
-                        let due = Duration::from_micros(((event - first_event).max(0) as f64 / speed) as u64);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            producer.publish_many(std::mem::take(&mut chunk)).await?;
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = shutdown.requested() => {
-                                    producer.flush().await?;
-                                    return Ok(summary);
+                let line = line.with_context(|| format!("reading {}", file.path.display()))?;
+                bytes = (bytes + line.len() as u64 + 1).min(files_before + file.size);
+                let text = String::from_utf8_lossy(&line);
+                match replay::parse_line(file.format, &text, index == 0, instrument, received) {
+                    Ok(None) => continue,
+                    Ok(Some(trade)) => {
+                        summary.read += 1;
+                        if let Some(speed) = speed {
+                            let event = trade.event_time().as_micros();
+                            let (first_event, started) = *pace.get_or_insert((event, Instant::now()));
+                            let due = Duration::from_micros(((event - first_event).max(0) as f64 / speed) as u64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                producer.publish_many(std::mem::take(&mut chunk)).await?;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = shutdown.requested() => {
+                                        producer.flush().await?;
+                                        return Ok(());
+                                    }
                                 }
                             }
                         }
+                        chunk.push(trade);
+                        if chunk.len() == CHUNK {
+                            producer.publish_many(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).await?;
+                        }
                     }
-                    chunk.push(trade);
-                    if chunk.len() == CHUNK {
-                        producer.publish_many(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).await?;
+                    Err(e) => {
+                        summary.read += 1;
+                        summary.rejected += 1;
+                        let source = format!("replay:{}:{}", file.path.display(), index + 1);
+                        producer.dead_letter(DeadLetter { raw: line.clone(), reason: e.to_string(), source }).await?;
                     }
                 }
-                Err(e) => {
-                    summary.read += 1;
-                    summary.rejected += 1;
-                    let source = format!("replay:{}:{}", file.path.display(), index + 1);
-                    producer.dead_letter(DeadLetter { raw: line.clone(), reason: e.to_string(), source }).await?;
-                }
             }
-            if progress && index % CHUNK == 0 && last_progress.elapsed() > Duration::from_millis(500) {
-                last_progress = Instant::now();
-                let mut err = std::io::stderr();
-                let _ = write!(err, "\r{}: {} trades read, {} rejected ", file.path.display(), summary.read, summary.rejected);
-                let _ = err.flush();
-            }
+            producer.publish_many(std::mem::take(&mut chunk)).await?;
+            files_before += file.size;
+            bytes = files_before;
         }
-        producer.publish_many(std::mem::take(&mut chunk)).await?;
+        producer.flush().await?;
+        Ok(())
     }
-    if progress {
-        eprintln!();
-    }
-    producer.flush().await?;
-    Ok(summary)
+    .await;
+    progress.update(bytes, summary.read, summary.rejected);
+    progress.finish();
+    outcome.map(|()| summary)
 }
 
 /// What `simulate` publishes.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feed_publisher::producer::Producer;
+use feed_publisher::replay::ReplayProgress;
 use feed_publisher::{config::Config, metrics::Metrics, run};
 use wick_core::{Clock, Instrument, SystemClock, Trade};
 use wick_kafka::partitioner::partition_for;
@@ -59,6 +60,26 @@ async fn read_trades(topic: &str) -> BTreeMap<String, Vec<Trade>> {
     out
 }
 
+/// A writer into a shared buffer, to read what a progress wrote.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 fn temp_file(name: &str, body: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(wick_test_support::unique_name("wick-replay"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -88,10 +109,22 @@ async fn replay_publishes_every_good_line_in_order_and_dead_letters_the_bad_ones
     let json_path = temp_file("more.jsonl", &jsonl);
 
     let (clock, producer, _trigger, shutdown) = start(&t).await;
-    let summary = run::replay(&producer, &[csv_path.clone(), json_path], None, None, clock, &shutdown).await.unwrap();
+    let lines = Captured::default();
+    let mut progress = ReplayProgress::lines(Box::new(lines.clone()), Duration::ZERO);
+    let files = [csv_path.clone(), json_path.clone()];
+    let summary = run::replay_with_progress(&producer, &files, None, None, clock, &shutdown, &mut progress).await.unwrap();
     let (summary, stats) = run::finish(producer, summary).await.unwrap();
     assert_eq!((summary.read, summary.published, summary.rejected), (503, 502, 1));
     assert!(stats.records < 100, "trades are batched into few records ({} records)", stats.records);
+    // The progress counted every byte of both files and every line, and said so last.
+    let size = (csv.len() + jsonl.len()) as u64;
+    assert_eq!(progress.totals(), (size, 503, 1));
+    let text = lines.text();
+    let last = text.lines().last().unwrap();
+    let size_text = indicatif::HumanBytes(size);
+    assert!(last.starts_with(&format!("replay: finished: {size_text} of {size_text} in ")), "{text}");
+    assert!(last.contains("503 trades") && last.ends_with(", 1 rejected"), "{text}");
+    assert!(text.lines().count() >= 2, "a line per chunk of lines, then the last: {text}");
 
     let published = read_trades(&t.market).await;
     let btc = &published["BINANCE:BTC-USDT"];
@@ -110,6 +143,35 @@ async fn replay_publishes_every_good_line_in_order_and_dead_letters_the_bad_ones
     assert!(String::from_utf8_lossy(&headers["reason"]).starts_with("price:"), "{headers:?}");
     assert_eq!(String::from_utf8_lossy(&headers["source"]), format!("replay:{}:101", csv_path.display()));
     assert!(String::from_utf8_lossy(letters[0].record.value.as_deref().unwrap()).starts_with("1099,abc,"));
+}
+
+/// The binary with stderr not a terminal (here a pipe): plain progress lines, no bar, the totals
+/// last.
+#[tokio::test]
+async fn replay_writes_plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let t = topics().await;
+    let csv: String =
+        (0..2000u64).map(|i| format!("{},63250.{:02},0.001,1,{},True,True\n", i + 1, i % 100, 1_758_412_800_000 + i * 10)).collect();
+    let path = temp_file("ETHUSDT-trades-2026-09-21.csv", &csv);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_feed-publisher"))
+        .arg("replay")
+        .arg(&path)
+        .env("WICK__KAFKA__BROKERS", wick_test_support::broker_address())
+        .env("WICK__KAFKA__MARKET_EVENTS_TOPIC", &t.market)
+        .env("WICK__KAFKA__DEAD_LETTER_TOPIC", &t.dead_letters)
+        .env("WICK__OPS__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("read 2000, published 2000, rejected 0"), "{out:?}");
+    let size = indicatif::HumanBytes(csv.len() as u64);
+    let last = stderr.lines().rfind(|l| l.starts_with("replay: ")).unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    assert!(last.starts_with(&format!("replay: finished: {size} of {size} in ")), "{stderr}");
+    assert!(last.contains("2,000 trades (") && last.ends_with(", 0 rejected"), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "no bar drawing on a pipe: {stderr:?}");
 }
 
 #[tokio::test]
