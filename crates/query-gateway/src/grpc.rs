@@ -88,8 +88,11 @@ impl CandleService for CandleApi {
         let result = async {
             self.admit(&request)?;
             let q = parse_request(request.get_ref()).map_err(|e| e.to_grpc())?;
-            let candles = self.0.candles(&q).await.map_err(|e| e.to_grpc())?;
-            Ok(Response::new(proto::GetCandlesResponse { candles: to_wire(&candles) }))
+            let page = self.0.candles(&q).await.map_err(|e| e.to_grpc())?;
+            Ok(Response::new(proto::GetCandlesResponse {
+                candles: to_wire(&page.candles),
+                next_start_time_ms: page.next_start.map(|t| t.as_millis()),
+            }))
         }
         .await;
         self.finish("GetCandles", started, result)

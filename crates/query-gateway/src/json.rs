@@ -3,7 +3,33 @@
 
 use std::fmt::Write as _;
 
-use wick_core::Candle;
+use wick_core::{Candle, Timestamp};
+
+use crate::query::Page;
+
+/// A `/api/v1/candles` answer: `{"candles":[...],"next_start":<epoch ms or null>}`.
+pub fn page(page: &Page) -> String {
+    let mut s = String::with_capacity(48 + page.candles.len() * 420);
+    s.push_str(r#"{"candles":["#);
+    for (i, c) in page.candles.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write_candle(&mut s, c);
+    }
+    write_page_end(&mut s, page.next_start);
+    s
+}
+
+/// Closes a page whose candle array is open: `],"next_start":...}`.
+pub fn write_page_end(s: &mut String, next_start: Option<Timestamp>) {
+    match next_start {
+        Some(t) => {
+            let _ = write!(s, r#"],"next_start":{}}}"#, t.as_millis());
+        }
+        None => s.push_str(r#"],"next_start":null}"#),
+    }
+}
 
 /// A candle as a JSON object.
 pub fn candle(c: &Candle) -> String {

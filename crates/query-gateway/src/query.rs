@@ -2,8 +2,16 @@
 //! validation, the bounded range of open times a query covers, gap filling, and Binance's
 //! `timeZone` (buckets cut at a UTC offset, combined exactly from smaller stored candles).
 //!
-//! Every query covers at most `limit` (≤ 1000) buckets of its interval, so no request can ask for
-//! unbounded work: with `fill=none` a sparse series returns fewer than `limit` candles.
+//! Pages. A query with `start` answers the first `limit` (≤ 1000) candles opening at or after
+//! `start` (and at or before `end` and now), however far apart they lie, with the open time the
+//! next page starts at ([`Page::next_start`]): paging from `start=0` with it returns every
+//! candle once. With `fill=previous` the series is the filled one, which begins at the first
+//! candle and has a candle in every bucket from there on: a page is the `limit` buckets from
+//! `start` (from the first candle when `start` precedes it), gaps filled at the previous close,
+//! and the next page starts at the bucket after it, so filled pages join without holes. Without
+//! `start` a query covers the `limit` buckets up to `end` (or now), the most recent ones, and has
+//! no next page. No request asks for unbounded work: at most `limit` candles, read chunk by
+//! chunk with one index lookup per gap (`ReadPath::first_candles`).
 
 use std::cmp::Ordering;
 
@@ -89,6 +97,15 @@ pub fn check_order(start: Option<Timestamp>, end: Option<Timestamp>) -> Result<(
     }
 }
 
+/// One answer to a candle query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub candles: Vec<Candle>,
+    /// The `start` of the next page when this one stopped at `limit` before the query's end (or
+    /// now) with candles left; `None` when nothing is left.
+    pub next_start: Option<Timestamp>,
+}
+
 /// The open times a query covers: the buckets opening in `[first, last]`, at most `limit` of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -130,18 +147,28 @@ impl CandleQuery {
         Grid { interval: self.interval, offset: self.offset }
     }
 
-    /// The buckets this query covers at `now`; `None` when none can hold a candle. Buckets after
-    /// the one holding `now` are never covered (as on Binance: no flat candles for the future).
+    /// The latest open time the query answers at `now`: its end, never after now (as on
+    /// Binance: no flat candles for the future).
+    pub fn bound(&self, now: Timestamp) -> Timestamp {
+        self.end.map_or(now, |e| e.min(now))
+    }
+
+    /// The first bucket opening at or after `start`, when the query has one.
+    pub fn first_open(&self) -> Option<Timestamp> {
+        let start = self.start?;
+        let grid = self.grid();
+        let first = grid.start(start);
+        Some(if first < start { grid.next(first) } else { first })
+    }
+
+    /// The `limit` buckets from `start`, or up to the end without it, at `now`; `None` when none
+    /// can hold a candle. Buckets after the one holding `now` are never covered.
     pub fn span(&self, now: Timestamp) -> Option<Span> {
         let grid = self.grid();
         let n = self.limit.max(1);
-        let end = self.end.map_or(now, |e| e.min(now));
-        match self.start {
-            Some(start) => {
-                let mut first = grid.start(start);
-                if first < start {
-                    first = grid.next(first);
-                }
+        let end = self.bound(now);
+        match self.first_open() {
+            Some(first) => {
                 let mut last = first;
                 for _ in 1..n {
                     let next = grid.next(last);
@@ -432,6 +459,9 @@ mod tests {
         assert_eq!(q.span(ts(600_500)), Some(Span { first: ts(540_000), last: ts(600_000) }));
         let q = query(Interval::M1, Some(61_000), Some(62_000), 5);
         assert_eq!(q.span(now), None);
+        assert_eq!((q.first_open(), q.bound(now), q.bound(ts(1))), (Some(ts(120_000)), ts(62_000), ts(1)));
+        assert_eq!(query(Interval::M1, Some(0), None, 5).first_open(), Some(ts(0)));
+        assert_eq!(query(Interval::M1, None, None, 5).first_open(), None);
         // Months step over their varying lengths.
         let jan_2024 = 1_704_067_200_000;
         let q = query(Interval::Mo1, None, Some(jan_2024 + 40 * 86_400_000), 2);

@@ -79,18 +79,19 @@ impl Chunk {
         out.extend(map.range(from.as_micros()..=to.as_micros()).map(|(_, (c, _))| c.clone()));
     }
 
-    /// The JSON of the candles opening in `[from, to]`, comma-separated, appended to `out`;
-    /// returns how many.
-    fn json_range(&self, from: Timestamp, to: Timestamp, out: &mut String, mut written: usize) -> usize {
+    /// Up to `max` of the candles opening in `[from, to]` into `sink`, oldest first; returns how
+    /// many, and the open time of the next one in the range when there are more.
+    fn take(&self, from: Timestamp, to: Timestamp, max: usize, sink: &mut dyn Sink) -> (usize, Option<Timestamp>) {
         let map = self.candles.read().unwrap_or_else(|e| e.into_inner());
-        for (_, (_, json)) in map.range(from.as_micros()..=to.as_micros()) {
-            if written > 0 {
-                out.push(',');
+        let mut taken = 0;
+        for (_, (candle, json)) in map.range(from.as_micros()..=to.as_micros()) {
+            if taken == max {
+                return (taken, Some(candle.open_time()));
             }
-            out.push_str(json);
-            written += 1;
+            sink.push(candle, json);
+            taken += 1;
         }
-        written
+        (taken, None)
     }
 
     /// The last candle opening before `before`.
@@ -101,6 +102,35 @@ impl Chunk {
 
     fn len(&self) -> usize {
         self.candles.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Where [`ReadPath::first_candles`] puts the candles it reads.
+pub trait Sink {
+    /// A candle and its JSON.
+    fn push(&mut self, candle: &Candle, json: &str);
+}
+
+impl Sink for Vec<Candle> {
+    fn push(&mut self, candle: &Candle, _: &str) {
+        Vec::push(self, candle.clone());
+    }
+}
+
+/// Candles as the items of a JSON array (comma-separated) appended to a string.
+#[derive(Debug)]
+pub struct JsonItems<'a> {
+    pub out: &'a mut String,
+    pub written: usize,
+}
+
+impl Sink for JsonItems<'_> {
+    fn push(&mut self, _: &Candle, json: &str) {
+        if self.written > 0 {
+            self.out.push(',');
+        }
+        self.out.push_str(json);
+        self.written += 1;
     }
 }
 
@@ -344,12 +374,55 @@ impl ReadPath {
         to: Timestamp,
         out: &mut String,
     ) -> Result<usize, ApiError> {
-        let mut written = 0;
+        let mut items = JsonItems { out, written: 0 };
         for chunk in chunk_of(interval, from)..=chunk_of(interval, to) {
             let key = ChunkKey { instrument: instrument.clone(), interval, chunk };
-            written = self.chunk(&key).await?.json_range(from, to, out, written);
+            self.chunk(&key).await?.take(from, to, usize::MAX, &mut items);
         }
-        Ok(written)
+        Ok(items.written)
+    }
+
+    /// The first `n` candles of a series opening in `[from, to]`, oldest first, into `sink`;
+    /// returns the open time of the next candle in the range when there is one (where the next
+    /// page starts).
+    ///
+    /// Chunks are read in turn (through the tiers) while they hold candles of the range. Past a
+    /// chunk without any, the next candle is found with one index lookup ([`Self::first_from`]),
+    /// so sparse history costs a lookup per gap, not a load per empty chunk: the work is bounded
+    /// by the candles returned, wherever they lie. Knowing that no candle follows takes that
+    /// lookup too, unless the chunks up to `to` were all read.
+    pub async fn first_candles(
+        &self,
+        instrument: &Instrument,
+        interval: Interval,
+        from: Timestamp,
+        to: Timestamp,
+        n: usize,
+        sink: &mut (dyn Sink + Send),
+    ) -> Result<Option<Timestamp>, ApiError> {
+        let mut from = from;
+        let mut taken = 0;
+        while from <= to {
+            let key = ChunkKey::of(instrument, interval, from);
+            let (got, next) = self.chunk(&key).await?.take(from, to, n - taken, sink);
+            taken += got;
+            if next.is_some() {
+                return Ok(next);
+            }
+            // `from` only moves forward: to the next chunk, or to a candle beyond it.
+            let Ok(chunk_end) = Timestamp::from_micros(key.bounds_us().1) else { break };
+            if chunk_end > to {
+                break;
+            }
+            from = chunk_end;
+            if got == 0 {
+                match self.first_from(instrument, interval, from).await? {
+                    Some(c) if c.open_time() <= to => from = c.open_time(),
+                    _ => break,
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The last candle of a series opening before `before`: from the chunk holding `before` when
@@ -652,7 +725,7 @@ mod tests {
         u.add(&candle(1, 1), 1, 5, t0);
         assert_eq!(u.len(), 2);
         let key = ChunkKey::of(candle(0, 1).instrument(), Interval::M1, Timestamp::MIN);
-        assert_eq!(u.in_chunk(&key).iter().map(Candle::version).collect::<Vec<_>>(), [3, 1]);
+        assert_eq!(u.in_chunk(&key).iter().map(Candle::trade_count).collect::<Vec<_>>(), [3, 1]);
         let stored = HashMap::from([(0, 11), (1, 6)]);
         // Stored, but seen within the grace period: kept for loads that may have missed it.
         u.prune(&stored, t0);
@@ -681,8 +754,24 @@ mod tests {
     #[test]
     fn the_latest_candle_is_the_later_opening_then_the_newer_version() {
         assert_eq!(latest(Some(candle(5, 1)), Some(candle(1, 9))).unwrap().open_time().as_millis(), 300_000);
-        assert_eq!(latest(Some(candle(1, 2)), Some(candle(1, 3))).unwrap().version(), 3);
-        assert_eq!(latest(None, Some(candle(1, 3))).unwrap().version(), 3);
+        assert_eq!(latest(Some(candle(1, 2)), Some(candle(1, 3))).unwrap().trade_count(), 3);
+        assert_eq!(latest(None, Some(candle(1, 3))).unwrap().trade_count(), 3);
+    }
+
+    #[test]
+    fn a_chunk_gives_up_to_max_candles_and_where_the_rest_begin() {
+        let ms = |ms: i64| Timestamp::from_millis(ms).unwrap();
+        let chunk = Chunk::new((0..5).map(|m| candle(m, 1)));
+        let mut got: Vec<Candle> = Vec::new();
+        assert_eq!(chunk.take(ms(60_000), ms(240_000), 2, &mut got), (2, Some(ms(180_000))));
+        assert_eq!(got.iter().map(|c| c.open_time().as_millis()).collect::<Vec<_>>(), [60_000, 120_000]);
+        assert_eq!(chunk.take(ms(60_001), ms(240_000), 0, &mut got), (0, Some(ms(120_000))));
+        assert_eq!(chunk.take(ms(180_000), ms(300_000), 10, &mut got), (2, None));
+        let mut json = String::new();
+        let mut items = JsonItems { out: &mut json, written: 0 };
+        assert_eq!(chunk.take(ms(0), ms(60_000), 5, &mut items), (2, None));
+        assert_eq!(items.written, 2);
+        assert_eq!(json, format!("{},{}", crate::json::candle(&candle(0, 1)), crate::json::candle(&candle(1, 1))));
     }
 
     #[test]
@@ -692,7 +781,7 @@ mod tests {
         chunk.apply(&candle(2, 1));
         let mut out = Vec::new();
         chunk.copy_range(Timestamp::MIN, Timestamp::from_millis(120_000).unwrap(), &mut out);
-        assert_eq!(out.iter().map(Candle::version).collect::<Vec<_>>(), [5, 1]);
-        assert_eq!(chunk.last_before(Timestamp::from_millis(120_000).unwrap()).unwrap().version(), 5);
+        assert_eq!(out.iter().map(Candle::trade_count).collect::<Vec<_>>(), [5, 1]);
+        assert_eq!(chunk.last_before(Timestamp::from_millis(120_000).unwrap()).unwrap().trade_count(), 5);
     }
 }

@@ -15,10 +15,11 @@ use futures_util::{SinkExt, StreamExt};
 use warp::http::{Response, StatusCode};
 use warp::ws::{Message, WebSocket};
 use warp::Filter;
-use wick_core::{Candle, Interval, UtcOffset};
+use wick_core::{Candle, Interval, Timestamp, UtcOffset};
 
 use crate::error::ApiError;
-use crate::query::{self, CandleQuery, Fill};
+use crate::query::{self, CandleQuery, Fill, Page};
+use crate::read::JsonItems;
 use crate::Gateway;
 
 /// A query parameter of a route.
@@ -50,19 +51,29 @@ const INTERVALS: &str = "1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M";
 pub const ROUTES: &[Route] = &[
     Route {
         path: "/api/v1/candles",
-        summary: "Candles of one instrument and interval whose open time lies in [start, end], oldest first. \
-                  Without start, the most recent `limit` intervals up to end (default now). At most `limit` intervals are covered.",
+        summary: "Candles of one instrument and interval, oldest first. With start: the first `limit` candles opening at or after \
+                  start (and at or before end and now), and next_start, the start of the next page (null when none is left; also \
+                  in a Link header, rel=\"next\"): paging from start=0 with it returns every candle once. With fill=previous the \
+                  series is filled from its first candle on: a page is the `limit` intervals from start (from the first candle when \
+                  start precedes it), gaps filled, and next_start the interval after it. Without start: the most recent `limit` \
+                  intervals up to end (default now); next_start is null.",
         params: &[
             param("instrument", true, "string", "EXCHANGE:BASE-QUOTE, e.g. BINANCE:BTC-USDT"),
             param("interval", true, "string", "One of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"),
-            param("start", false, "string", "Open time from (inclusive): epoch milliseconds or RFC 3339"),
+            param(
+                "start",
+                false,
+                "string",
+                "Open time from (inclusive): epoch milliseconds or RFC 3339; the next_start of a previous page",
+            ),
             param("end", false, "string", "Open time to (inclusive): epoch milliseconds or RFC 3339"),
-            param("limit", false, "integer", "1 to 1000, default 500"),
+            param("limit", false, "integer", "Candles per page (with fill=previous: intervals), 1 to 1000, default 500"),
             param(
                 "fill",
                 false,
                 "string",
-                "none (default): intervals without trades are left out; previous: a flat candle at the previous close",
+                "none (default): intervals without trades are left out; previous: a flat candle at the previous close in every interval \
+                 from the first candle on",
             ),
             param("api_key", false, "string", "API key, when the x-api-key header cannot be sent"),
         ],
@@ -130,9 +141,10 @@ pub fn openapi() -> serde_json::Value {
         }
     };
     let bodies = |r: &Route| match r.path {
-        "/api/v1/candles" => {
-            serde_json::json!({"type": "object", "properties": {"candles": {"type": "array", "items": {"$ref": "#/components/schemas/Candle"}}}, "required": ["candles"]})
-        }
+        "/api/v1/candles" => serde_json::json!({"type": "object", "properties": {
+            "candles": {"type": "array", "items": {"$ref": "#/components/schemas/Candle"}},
+            "next_start": {"type": "integer", "nullable": true, "description": "epoch ms: the start of the next page (the same query with start=next_start); null when none is left"}
+        }, "required": ["candles", "next_start"]}),
         "/api/v1/instruments" => {
             serde_json::json!({"type": "object", "properties": {"instruments": {"type": "array", "items": {"$ref": "#/components/schemas/Instrument"}}}, "required": ["instruments"]})
         }
@@ -161,6 +173,13 @@ pub fn openapi() -> serde_json::Value {
             })
             .collect();
         let err = |d: &str| serde_json::json!({"description": d, "content": {"application/json": {"schema": error(r.binance)}}});
+        let mut ok = serde_json::json!({"description": "OK", "content": {"application/json": {"schema": bodies(r)}}});
+        if r.path == "/api/v1/candles" {
+            ok["headers"] = serde_json::json!({"Link": {
+                "description": "RFC 8288 link to the next page, rel=\"next\", when next_start is not null",
+                "schema": {"type": "string"}
+            }});
+        }
         paths.insert(
             r.path.to_owned(),
             serde_json::json!({"get": {
@@ -168,7 +187,7 @@ pub fn openapi() -> serde_json::Value {
                 "parameters": parameters,
                 "security": [{}, {"apiKey": []}, {"bearer": []}],
                 "responses": {
-                    "200": {"description": "OK", "content": {"application/json": {"schema": bodies(r)}}},
+                    "200": ok,
                     "400": err("A parameter is missing or invalid"),
                     "401": err("An API key is required or unknown"),
                     "429": err("Rate limited: see the Retry-After header"),
@@ -203,19 +222,6 @@ pub fn openapi() -> serde_json::Value {
             }
         }
     })
-}
-
-fn candles_body(candles: &[Candle]) -> String {
-    let mut s = String::with_capacity(16 + candles.len() * 420);
-    s.push_str(r#"{"candles":["#);
-    for (i, c) in candles.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        crate::json::write_candle(&mut s, c);
-    }
-    s.push_str("]}");
-    s
 }
 
 fn klines_body(bars: &[query::Bar]) -> String {
@@ -274,19 +280,62 @@ struct Caller {
 }
 
 impl Gateway {
-    /// Candles for a validated query (shared by REST and gRPC).
-    pub async fn candles(&self, q: &CandleQuery) -> Result<Vec<Candle>, ApiError> {
+    /// A page of candles for a validated query (shared by REST and gRPC); [`query`] says what
+    /// `start`, `limit` and `fill` mean.
+    pub async fn candles(&self, q: &CandleQuery) -> Result<Page, ApiError> {
         if self.read.surely_unknown(&q.instrument) {
-            return Ok(Vec::new());
+            return Ok(Page::default());
         }
-        let Some(span) = q.span(self.clock.now()) else { return Ok(Vec::new()) };
-        let stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
-        let previous = if q.fill == Fill::Previous && stored.first().is_none_or(|c| c.open_time() > span.first) {
-            self.read.last_before(&q.instrument, q.interval, span.first).await?
-        } else {
-            None
-        };
-        Ok(query::candles(span, q.interval, &stored, previous.as_ref(), q.fill))
+        let now = self.clock.now();
+        match (q.first_open(), q.fill) {
+            (Some(from), Fill::None) => {
+                let mut candles = Vec::new();
+                let next_start = self.read.first_candles(&q.instrument, q.interval, from, q.bound(now), q.limit, &mut candles).await?;
+                Ok(Page { candles, next_start })
+            }
+            (Some(from), Fill::Previous) => self.filled_page(q, from).await,
+            (None, fill) => {
+                let Some(span) = q.span(now) else { return Ok(Page::default()) };
+                let stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
+                let previous = if fill == Fill::Previous && stored.first().is_none_or(|c| c.open_time() > span.first) {
+                    self.read.last_before(&q.instrument, q.interval, span.first).await?
+                } else {
+                    None
+                };
+                Ok(Page { candles: query::candles(span, q.interval, &stored, previous.as_ref(), fill), next_start: None })
+            }
+        }
+    }
+
+    /// `fill=previous` from `from`: the `limit` buckets of the filled series from `from`, or from
+    /// the first candle when there is none before `from` to fill with.
+    async fn filled_page(&self, q: &CandleQuery, from: Timestamp) -> Result<Page, ApiError> {
+        let now = self.clock.now();
+        let span_from = |first: Timestamp| CandleQuery { start: Some(first), ..q.clone() }.span(now);
+        let Some(mut span) = span_from(from) else { return Ok(Page::default()) };
+        let mut stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
+        let mut previous = None;
+        if stored.first().is_none_or(|c| c.open_time() > span.first) {
+            previous = self.read.last_before(&q.instrument, q.interval, span.first).await?;
+            if previous.is_none() {
+                let first = match stored.first() {
+                    Some(c) => Some(c.open_time()),
+                    None => {
+                        let mut first = Vec::new();
+                        self.read.first_candles(&q.instrument, q.interval, span.first, q.bound(now), 1, &mut first).await?;
+                        first.first().map(Candle::open_time)
+                    }
+                };
+                let Some(s) = first.and_then(span_from) else { return Ok(Page::default()) };
+                span = s;
+                stored = self.read.range(&q.instrument, q.interval, span.first, span.last).await?;
+            }
+        }
+        let next = q.grid().next(span.last);
+        Ok(Page {
+            candles: query::candles(span, q.interval, &stored, previous.as_ref(), Fill::Previous),
+            next_start: (next <= q.bound(now)).then_some(next),
+        })
     }
 
     /// Klines for a validated query, with Binance's gap filling and `timeZone`.
@@ -327,7 +376,8 @@ impl Gateway {
         query::bars(grid, span, &stored, previous.as_ref(), Fill::Previous)
     }
 
-    async fn rest(&self, path: &str, pairs: Vec<(String, String)>, caller: &Caller) -> Result<String, ApiError> {
+    /// The answer's body, and the next page's start of a candle page.
+    async fn rest(&self, path: &str, pairs: Vec<(String, String)>, caller: &Caller) -> Result<(String, Option<Timestamp>), ApiError> {
         let query_key = pairs.iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.as_str());
         let key = crate::limits::request_key(caller.x_api_key.as_deref(), caller.authorization.as_deref(), query_key);
         self.guard.check(key, caller.address.map(|a| a.ip()))?;
@@ -345,20 +395,27 @@ impl Gateway {
                     offset: UtcOffset::UTC,
                 };
                 query::check_order(q.start, q.end)?;
-                if q.fill == Fill::None {
+                if q.fill == Fill::None && !self.read.surely_unknown(&q.instrument) {
                     // The common case: straight from the chunks' rendered JSON.
-                    let empty = || Ok(r#"{"candles":[]}"#.to_owned());
-                    if self.read.surely_unknown(&q.instrument) {
-                        return empty();
-                    }
-                    let Some(span) = q.span(self.clock.now()) else { return empty() };
+                    let now = self.clock.now();
                     let mut body = String::with_capacity(64 * 1024);
                     body.push_str(r#"{"candles":["#);
-                    self.read.range_json(&q.instrument, q.interval, span.first, span.last, &mut body).await?;
-                    body.push_str("]}");
-                    return Ok(body);
+                    let next_start = match (q.first_open(), q.span(now)) {
+                        (Some(from), _) => {
+                            let mut items = JsonItems { out: &mut body, written: 0 };
+                            self.read.first_candles(&q.instrument, q.interval, from, q.bound(now), q.limit, &mut items).await?
+                        }
+                        (None, Some(span)) => {
+                            self.read.range_json(&q.instrument, q.interval, span.first, span.last, &mut body).await?;
+                            None
+                        }
+                        (None, None) => None,
+                    };
+                    crate::json::write_page_end(&mut body, next_start);
+                    return Ok((body, next_start));
                 }
-                Ok(candles_body(&self.candles(&q).await?))
+                let page = self.candles(&q).await?;
+                Ok((crate::json::page(&page), page.next_start))
             }
             "/api/v1/instruments" => {
                 let list: Vec<serde_json::Value> = self
@@ -367,7 +424,7 @@ impl Gateway {
                     .iter()
                     .map(|i| serde_json::json!({"instrument": i.as_str(), "exchange": i.exchange(), "base": i.base(), "quote": i.quote()}))
                     .collect();
-                Ok(serde_json::json!({ "instruments": list }).to_string())
+                Ok((serde_json::json!({ "instruments": list }).to_string(), None))
             }
             _ => {
                 let b = &self.config.binance;
@@ -397,7 +454,7 @@ impl Gateway {
                     offset: p.get("timeZone").map_or(Ok(UtcOffset::UTC), |s| query::parse_offset(s))?,
                 };
                 query::check_order(q.start, q.end).map_err(|_| ApiError::invalid("startTime", "startTime must not be after endTime."))?;
-                Ok(klines_body(&self.klines(&q).await?))
+                Ok((klines_body(&self.klines(&q).await?), None))
             }
         }
     }
@@ -440,7 +497,7 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
                     None => ("other", "rest"),
                 };
                 let result = if path == "/api/openapi.json" {
-                    Ok(openapi().to_string())
+                    Ok((openapi().to_string(), None))
                 } else {
                     match serde_urlencoded_pairs(&raw) {
                         Ok(pairs) => gw.rest(&path, pairs, &caller).await,
@@ -448,7 +505,13 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
                     }
                 };
                 let response = match result {
-                    Ok(body) => json_response(StatusCode::OK, body),
+                    Ok((body, next_start)) => {
+                        let mut r = json_response(StatusCode::OK, body);
+                        if let Some(link) = next_start.and_then(|next| next_link(&path, &raw, next)) {
+                            r.headers_mut().insert("link", link);
+                        }
+                        r
+                    }
                     Err(e) => error_response(&e, binance),
                 };
                 gw.metrics.request(api, label, response.status().as_u16(), started.elapsed().as_secs_f64());
@@ -521,10 +584,23 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
     let mut cors = warp::cors()
         .allow_methods(vec!["GET", "OPTIONS"])
         .allow_headers(vec!["x-api-key", "authorization", "content-type"])
-        .expose_headers(vec!["retry-after"])
+        .expose_headers(vec!["retry-after", "link"])
         .max_age(600);
     cors = if origins.iter().any(|o| o == "*") { cors.allow_any_origin() } else { cors.allow_origins(origins.iter().map(String::as_str)) };
     all.with(cors.build()).map(warp::Reply::into_response).boxed()
+}
+
+/// The `Link` header (RFC 8288) to the next page: the same query with `start` at `next` (and
+/// without `api_key`, which is the caller's to send again, not the server's to echo).
+fn next_link(path: &str, raw_query: &str, next: Timestamp) -> Option<warp::http::HeaderValue> {
+    let start = format!("start={}", next.as_millis());
+    let mut parts: Vec<&str> = raw_query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| !matches!(percent_decode(p.split_once('=').map_or(*p, |(k, _)| k)).as_deref(), Ok("start" | "api_key")))
+        .collect();
+    parts.push(&start);
+    warp::http::HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", parts.join("&"))).ok()
 }
 
 /// Splits a query string into decoded pairs.
@@ -685,6 +761,17 @@ mod tests {
         assert!(params(r, pairs(&[("instrument", "X"), ("interval", "1m"), ("interval", "1h")])).is_err());
         assert_eq!(serde_urlencoded_pairs("a=1&b=%3A+x").unwrap(), pairs(&[("a", "1"), ("b", ": x")]));
         assert!(serde_urlencoded_pairs("a=%zz").is_err());
+    }
+
+    #[test]
+    fn the_next_link_is_the_same_query_from_the_next_start_without_the_key() {
+        let next = Timestamp::from_millis(1_700_000_060_000).unwrap();
+        let raw = "instrument=BINANCE%3ABTC-USDT&start=0&interval=1m&api_key=secret-key-1&limit=2&st%61rt=5";
+        let link = next_link("/api/v1/candles", raw, next).unwrap();
+        assert_eq!(
+            link.to_str().unwrap(),
+            r#"</api/v1/candles?instrument=BINANCE%3ABTC-USDT&interval=1m&limit=2&start=1700000060000>; rel="next""#
+        );
     }
 
     #[test]

@@ -476,11 +476,9 @@ async fn every_tier_answers_like_the_database_and_the_reference() {
             .await
             .unwrap()
             .into_inner();
-        let as_rest: Vec<String> =
-            r.candles.iter().map(|c| query_gateway::json::candle(&wick_wire::candle_from_wire(c).unwrap())).collect();
         let rest =
             get(&db_only.http, &format!("/api/v1/candles?instrument={btc}&interval={iv}&start={first_ms}&limit=1000&fill=previous")).await;
-        assert_eq!(format!(r#"{{"candles":[{}]}}"#, as_rest.join(",")), rest.body, "gRPC and REST differ for {iv}");
+        assert_eq!(grpc_as_rest(&r), rest.body, "gRPC and REST differ for {iv}");
     }
     let listed = client.list_instruments(query_gateway::grpc::proto::ListInstrumentsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.instruments.len(), 3);
@@ -502,6 +500,194 @@ async fn every_tier_answers_like_the_database_and_the_reference() {
     }
 
     for s in [full.service, db_only.service, l2_only.service, aggregator, writer] {
+        s.stop().await;
+    }
+}
+
+/// A gRPC `GetCandles` answer as the REST body of the same page.
+fn grpc_as_rest(r: &query_gateway::grpc::proto::GetCandlesResponse) -> String {
+    query_gateway::json::page(&query_gateway::query::Page {
+        candles: r.candles.iter().map(|c| wick_wire::candle_from_wire(c).unwrap()).collect(),
+        next_start: r.next_start_time_ms.map(|ms| Timestamp::from_millis(ms).unwrap()),
+    })
+}
+
+/// Trades of one instrument in four bursts of ten minutes, years and weeks apart: most chunks of
+/// every interval are empty.
+fn sparse_history() -> Vec<Trade> {
+    let sol = instrument("BINANCE:SOL-USDT");
+    let bursts = ["2019-06-01T10:00:00Z", "2024-03-01T23:55:00Z", "2024-03-05T00:00:00Z", "2024-04-20T13:30:00Z"];
+    let mut out = Vec::new();
+    for (b, at) in bursts.iter().enumerate() {
+        let t0 = Timestamp::parse_rfc3339(at).unwrap().as_micros();
+        for k in 0..40i64 {
+            let t = Timestamp::from_micros(t0 + k * 15_500_000).unwrap();
+            let price = format!("{}.{:02}", 100 + b as i64 * 10 + k % 7, k);
+            let side = if k % 3 == 0 { TakerSide::Sell } else { TakerSide::Buy };
+            out.push(Trade::new(sol.clone(), out.len() as u64 + 1, price.parse().unwrap(), "1.5".parse().unwrap(), side, t, t).unwrap());
+        }
+    }
+    out
+}
+
+/// Every page of a REST candle query from `start`, following `next_start` (and checking the
+/// `Link` header says the same) until it is null: the bodies, and the candles in order.
+async fn rest_pages(base: &str, query: &str, start: i64, limit: usize) -> (Vec<String>, Vec<serde_json::Value>) {
+    let (mut bodies, mut candles) = (Vec::new(), Vec::new());
+    let mut start = Some(start);
+    while let Some(s) = start {
+        assert!(bodies.len() < 1000, "{query}: paging does not end");
+        let path = format!("/api/v1/candles?{query}&start={s}");
+        let r = get(base, &path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let body = r.json();
+        let page = answer_candles(&body);
+        assert!(page.len() <= limit, "{path}: {} candles", page.len());
+        start = body["next_start"].as_i64();
+        match start {
+            Some(next) => {
+                assert_eq!(page.len(), limit, "{path}: a page with a next one is full");
+                assert!(next > page.last().unwrap()["open_time"].as_i64().unwrap(), "{path}");
+                let link = format!(r#"</api/v1/candles?{query}&start={next}>; rel="next""#);
+                assert_eq!(r.header("link"), Some(link.as_str()), "{path}");
+            }
+            None => {
+                assert!(body["next_start"].is_null(), "{path}: {body}");
+                assert_eq!(r.header("link"), None, "{path}");
+            }
+        }
+        candles.extend(page.iter().cloned());
+        bodies.push(r.body);
+    }
+    (bodies, candles)
+}
+
+/// Paging through sparse history: from `start=0`, `next_start` leads through every candle once
+/// (no empty pages while candles lie further on), with and without `fill`, identically from every
+/// tier and over gRPC; Binance's klines keep Binance's own start semantics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paging_through_sparse_history_returns_every_candle_once() {
+    let env = env().await;
+    let trades = sparse_history();
+    let want = reference(&trades);
+    let writer = start_writer(writer_config(&env));
+    let stored = publish_history(&env.candles, &trades).await;
+    wait_written(&env.db, &env.schema, stored.len()).await;
+    writer.stop().await;
+    let mut db_only = gateway_config(&env);
+    db_only.l1.enabled = false;
+    db_only.redis.enabled = false;
+    let db_only = start_gateway(db_only).await;
+    let mut l2_only = gateway_config(&env);
+    l2_only.l1.enabled = false;
+    let l2_only = start_gateway(l2_only).await;
+    let full = start_gateway(gateway_config(&env)).await;
+
+    let sol = instrument("BINANCE:SOL-USDT");
+    let last_ms = trades.iter().map(|t| t.event_time().as_millis()).max().unwrap();
+    let hours_from = Timestamp::parse_rfc3339("2024-03-01T00:00:00Z").unwrap().as_millis();
+    // (query, start, limit, the open times of every page together with the reference candle of
+    // each, the close before the first).
+    type Case<'a> = (String, i64, usize, Vec<(i64, Option<&'a Candle>)>, Option<Decimal>);
+    let mut cases: Vec<Case> = Vec::new();
+    // Without fill: every stored candle of every interval, 7 per page.
+    for interval in Interval::ALL {
+        let mine: Vec<(i64, Option<&Candle>)> =
+            want.iter().filter(|((i, iv, _), _)| *i == sol && *iv == interval).map(|((_, _, ms), c)| (*ms, Some(c))).collect();
+        cases.push((format!("instrument={sol}&interval={interval}&limit=7"), 0, 7, mine, None));
+    }
+    // With fill: from the first candle (or, for hours, from the second burst's day, which the
+    // first burst's close fills) to `end`, flat where nothing traded.
+    for (interval, limit, start) in
+        [(Interval::D1, 1000, 0), (Interval::W1, 100, 0), (Interval::Mo1, 7, 0), (Interval::H1, 500, hours_from)]
+    {
+        let mine: Vec<(&i64, &Candle)> =
+            want.iter().filter(|((i, iv, _), _)| *i == sol && *iv == interval).map(|((_, _, ms), c)| (ms, c)).collect();
+        let mut open = if start == 0 { *mine[0].0 } else { start };
+        let before = mine.iter().rfind(|(ms, _)| **ms < open).map(|(_, c)| c.close());
+        let mut filled = Vec::new();
+        while open <= last_ms {
+            filled.push((open, want.get(&(sol.clone(), interval, open))));
+            open = interval.next_open(Timestamp::from_millis(open).unwrap()).as_millis();
+        }
+        cases.push((
+            format!("instrument={sol}&interval={interval}&end={last_ms}&limit={limit}&fill=previous"),
+            start,
+            limit,
+            filled,
+            before,
+        ));
+    }
+
+    let mut compared = 0;
+    for (query, start, limit, expected, before) in &cases {
+        let (truth, candles) = rest_pages(&db_only.http, query, *start, *limit).await;
+        assert!(!candles.is_empty(), "{query}: start={start} found nothing");
+        let opens: Vec<i64> = candles.iter().map(|c| c["open_time"].as_i64().unwrap()).collect();
+        assert_eq!(opens, expected.iter().map(|(ms, _)| *ms).collect::<Vec<_>>(), "{query}: every candle once, in order");
+        let mut last_close = *before;
+        for (got, (_, reference)) in candles.iter().zip(expected) {
+            match reference {
+                Some(c) => {
+                    same_values(got, c);
+                    last_close = Some(c.close());
+                }
+                None => {
+                    assert_eq!(got["trade_count"], 0, "{query}: {got}");
+                    assert_eq!(got["close"].as_str().unwrap().parse::<Decimal>().ok(), last_close, "{query}: {got}");
+                }
+            }
+            compared += 1;
+        }
+        for (tier, gw) in [("L1", &full), ("L1 again", &full), ("L2 filling", &l2_only), ("L2", &l2_only)] {
+            let (bodies, _) = rest_pages(&gw.http, query, *start, *limit).await;
+            assert_eq!(bodies, truth, "{tier} pages differ from the database's for {query}");
+        }
+    }
+    assert!(compared > 400, "only {compared} candles compared");
+    assert!(full.metrics.l1_hits.get() > 0, "L1 never answered");
+    assert!(l2_only.metrics.l2_hits.get() > 0, "L2 never answered a chunk whole");
+
+    // gRPC pages are the REST pages, cursor included.
+    let mut client = query_gateway::grpc::proto::candle_service_client::CandleServiceClient::connect(full.grpc.clone()).await.unwrap();
+    for (interval, fill, limit, end) in [("1m", 1, 9, None), ("1s", 0, 50, None), ("1d", 2, 400, Some(last_ms))] {
+        let fill_param = if fill == 2 { "&fill=previous" } else { "" };
+        let end_param = end.map(|e| format!("&end={e}")).unwrap_or_default();
+        let query = format!("instrument={sol}&interval={interval}{end_param}&limit={limit}{fill_param}");
+        let (rest, _) = rest_pages(&db_only.http, &query, 0, limit as usize).await;
+        let mut pages = Vec::new();
+        let mut start = Some(0);
+        while let Some(s) = start {
+            let r = client
+                .get_candles(query_gateway::grpc::proto::GetCandlesRequest {
+                    instrument: sol.to_string(),
+                    interval: interval.into(),
+                    start_time_ms: Some(s),
+                    end_time_ms: end,
+                    limit,
+                    fill,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            start = r.next_start_time_ms;
+            pages.push(grpc_as_rest(&r));
+            assert!(pages.len() <= rest.len(), "{query}: gRPC pages go on");
+        }
+        assert_eq!(pages, rest, "gRPC pages differ from REST for {query}");
+    }
+
+    // Binance's klines: a startTime before the first candle answers from it, every interval filled.
+    for (iv, limit) in [("1M", 1000), ("1d", 1000), ("1h", 50)] {
+        let path = format!("/api/v3/klines?symbol=SOLUSDT&interval={iv}&startTime=0&limit={limit}");
+        let got = get(&db_only.http, &path).await;
+        assert_eq!(got.status, 200, "{path}: {}", got.body);
+        let expected = reference_klines(&trades, &sol, iv.parse().unwrap(), UtcOffset::UTC, 0, limit);
+        assert_eq!(got.json(), serde_json::Value::Array(expected), "{path}");
+        assert_eq!(get(&full.http, &path).await.body, got.body, "{path} from L1");
+    }
+
+    for s in [full.service, db_only.service, l2_only.service] {
         s.stop().await;
     }
 }
@@ -772,7 +958,7 @@ async fn live_pushes_and_slow_clients() {
     let second = next_json(&mut ws).await;
     assert_eq!(
         (second["kind"].as_str(), second["candle"]["closed"].as_bool(), second["candle"]["version"].as_u64()),
-        (Some("final"), Some(true), Some(2))
+        (Some("final"), Some(true), Some(3))
     );
     let third = next_json(&mut ws).await;
     assert_eq!(third["candle"]["interval"], "1m", "the unsubscribed 1h update must not arrive: {third}");
@@ -838,13 +1024,15 @@ async fn wait_written(db: &tokio_postgres::Client, schema: &str, candles: usize)
     .unwrap();
 }
 
-/// The queries the resilience drills repeat: every interval of two instruments.
+/// The queries the resilience drills repeat: every interval of two instruments. They end at the
+/// last trade: knowing that no candle follows a page up to now takes the database's index.
 fn drill_queries(trades: &[Trade]) -> Vec<String> {
     let first_ms = trades.iter().map(|t| t.event_time().as_millis()).min().unwrap();
+    let last_ms = trades.iter().map(|t| t.event_time().as_millis()).max().unwrap();
     let mut out = Vec::new();
     for name in ["BINANCE:BTC-USDT", "COINBASE:BTC-USD"] {
         for interval in Interval::ALL {
-            out.push(format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&limit=1000"));
+            out.push(format!("/api/v1/candles?instrument={name}&interval={interval}&start={first_ms}&end={last_ms}&limit=1000"));
         }
     }
     out
@@ -933,7 +1121,18 @@ async fn database_outage_serves_the_cache_else_503() {
     writer.redis.enabled = false;
     let writer = start_writer(writer);
     let candles = publish_history(&env.candles, &trades).await;
-    let (db, connection) = tokio_postgres::connect(&pg.url("wick"), tokio_postgres::NoTls).await.unwrap();
+    // The writer creates the database: connect once it has.
+    let mut attempts = 0;
+    let (db, connection) = loop {
+        match tokio_postgres::connect(&pg.url("wick"), tokio_postgres::NoTls).await {
+            Ok(connected) => break connected,
+            Err(_) if attempts < 600 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the writer never created the database: {e}"),
+        }
+    };
     let connection = tokio::spawn(connection);
     wait_written(&db, "public", candles.len()).await;
     drop(db);
@@ -1075,7 +1274,7 @@ async fn the_binary_serves_health_metrics_and_stops_cleanly() {
     assert_eq!(get(&base, "/api/v1/instruments").await.json(), serde_json::json!({"instruments": []}));
     // The database answers (an instrument it never saw reads nothing, without a 503).
     let r = get(&base, "/api/v1/candles?instrument=SIM:AAA-USD&interval=1m&end=1700000000000&limit=5&fill=previous").await;
-    assert_eq!((r.status, r.body.as_str()), (200, r#"{"candles":[]}"#));
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"candles":[],"next_start":null}"#));
     let page = get(&base, "/").await;
     assert!(page.body.contains("lightweight-charts.js") && page.header("content-type").unwrap().starts_with("text/html"));
     assert!(get(&base, "/static/lightweight-charts.js").await.body.len() > 100_000);
