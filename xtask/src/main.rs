@@ -18,7 +18,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo    [INSTRUMENTS [RATE]]: the whole pipeline on the local stack with the live chart (Ctrl-C stops it)
+  demo    [INSTRUMENTS [RATE]] [--check]: the whole pipeline on the local stack with the live chart, from a day of
+          simulated history (Ctrl-C stops it); --check: sees a trade become a candle over REST and a WebSocket push, then stops
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick

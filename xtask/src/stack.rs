@@ -89,11 +89,11 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Resu
     Ok(())
 }
 
-fn have(command: &str) -> bool {
+pub fn have(command: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {command}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     eprintln!("stack: installing {}", packages.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
@@ -102,8 +102,9 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The tansu binary, installed with `cargo install` when missing (a cold build takes 30-40 minutes
-/// on 2 cores; the binary is cached in `~/.cargo/bin` across runs).
+/// The tansu binary, installed with `cargo install` when missing (a cold build takes under 10
+/// minutes on 2 cores when nothing else builds, longer when something does; the binary is cached
+/// in `~/.cargo/bin` across runs).
 pub fn tansu() -> Result<PathBuf> {
     let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
     let installed = PathBuf::from(cargo_home).join("bin/tansu");
@@ -113,7 +114,7 @@ pub fn tansu() -> Result<PathBuf> {
     if have("tansu") {
         return Ok(PathBuf::from("tansu"));
     }
-    eprintln!("stack: tansu {TANSU_VERSION} is missing; installing it (about 30-40 minutes on 2 cores, once)");
+    eprintln!("stack: tansu {TANSU_VERSION} is missing; installing it (a cold build: under 10 minutes on 2 cores, once)");
     run(Command::new("cargo").args([
         "install",
         "--locked",
