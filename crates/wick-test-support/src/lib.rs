@@ -261,6 +261,16 @@ impl BrokerProcess {
         self.spawn()
     }
 
+    /// Kills the broker (SIGKILL): it stays down until [`BrokerProcess::start_again`].
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a stopped broker again on the same data and port.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
