@@ -552,6 +552,9 @@ impl Fetcher {
             self.metrics.poll_seconds.observe(started.elapsed().as_secs_f64());
             let mut consumed = 0u64;
             let mut trades = Vec::new();
+            // One clock reading per fetch: the reference of the future check and the receive time
+            // of JSON trades that carry none.
+            let now = self.wall.now();
             for r in records {
                 if r.offset < offset {
                     continue;
@@ -563,7 +566,6 @@ impl Fetcher {
                     .headers
                     .get(wick_wire::CONTENT_TYPE_HEADER)
                     .is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
-                let now = self.wall.now();
                 let decoded = if json {
                     wick_wire::decode_json_trade(&raw, now).map(|t| (t.instrument().clone(), vec![Ok(t)]))
                 } else {

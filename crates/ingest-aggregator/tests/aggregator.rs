@@ -276,8 +276,18 @@ async fn wait_checkpointed(env: &Env, partitions: &[i32], timeout: Duration) {
 
 /// Waits until the published output stops changing for a moment and every expected final is there.
 async fn wait_for_finals(topic: &str, want: &BTreeMap<Key, Candle>, sentinels: &[Trade], timeout: Duration) {
+    wait_for_finals_from(&wick_test_support::kafka().await, topic, want, sentinels, timeout).await
+}
+
+async fn wait_for_finals_from(
+    client: &rskafka::client::Client,
+    topic: &str,
+    want: &BTreeMap<Key, Candle>,
+    sentinels: &[Trade],
+    timeout: Duration,
+) {
     wick_test_support::wait_until("every final candle is published", timeout, || async {
-        let (got, _) = published(topic).await;
+        let (got, _) = published_from(client, topic).await;
         want.keys()
             .filter(|k| !sentinels.iter().any(|s| s.instrument().as_str() == k.0 && k.1.bucket_start(s.event_time()).as_millis() == k.2))
             .all(|k| got.get(k).is_some_and(|(_, c)| c.is_closed() && c.trade_count() == want[k].trade_count()))
@@ -340,6 +350,15 @@ async fn two_instances_split_the_instruments_and_their_union_is_the_whole() {
     let (got, _) = published(&env.candles).await;
     assert_finals_equal(&got, &want, &sentinels);
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
+
+/// Waits until the service has read `n` trades.
+async fn wait_read(metrics: &Metrics, n: usize) {
+    wick_test_support::wait_until(&format!("{n} trades read"), Duration::from_secs(60), || async {
+        metrics.trades_consumed.get() >= n as u64
+    })
+    .await
+    .unwrap()
 }
 
 /// The minute candle of `i` holding `at` in the published output, if any.
@@ -434,22 +453,12 @@ async fn history_replayed_in_parts_with_pauses_longer_than_the_revision_window_l
     let clock = ManualClock::new(Timestamp::parse_rfc3339("2026-06-01T12:00:00Z").unwrap());
     let (first, second, sentinels) = history_halves();
     let running = start(config(&env), Arc::new(clock.clone()));
-    let consumed = |n: usize| {
-        let metrics = running.metrics.clone();
-        async move {
-            wick_test_support::wait_until(&format!("{n} trades read"), Duration::from_secs(60), || async {
-                metrics.trades_consumed.get() >= n as u64
-            })
-            .await
-            .unwrap()
-        }
-    };
     // BTC's first half, ETH's first half, then SOL's, each a replay of its own ...
     let mut read = 0;
     for part in &first {
         produce(&env.market, part, 200).await;
         read += part.len();
-        consumed(read).await;
+        wait_read(&running.metrics, read).await;
     }
     // ... an 11-minute pause (longer than the 10-minute revision window), caught up all along ...
     for _ in 0..66 {
@@ -460,7 +469,7 @@ async fn history_replayed_in_parts_with_pauses_longer_than_the_revision_window_l
     for part in second.iter().rev() {
         produce(&env.market, part, 200).await;
         read += part.len();
-        consumed(read).await;
+        wait_read(&running.metrics, read).await;
         clock.advance_micros(120 * SEC);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -492,18 +501,7 @@ async fn a_broker_outage_longer_than_the_revision_window_during_a_replay_loses_n
     }
     produce_to(&client, &env.market, &first.concat(), 200).await;
     let running = start(config, Arc::new(clock.clone()));
-    let metrics = running.metrics.clone();
-    let read = |n: usize| {
-        let metrics = metrics.clone();
-        async move {
-            wick_test_support::wait_until(&format!("{n} trades read"), Duration::from_secs(60), || async {
-                metrics.trades_consumed.get() >= n as u64
-            })
-            .await
-            .unwrap()
-        }
-    };
-    read(first.concat().len()).await;
+    wait_read(&running.metrics, first.concat().len()).await;
     // The broker goes down; 11 minutes pass on the aggregator's clock (longer than the revision
     // window) while every fetch fails; then it comes back and the replay goes on.
     broker.stop();
@@ -519,14 +517,7 @@ async fn a_broker_outage_longer_than_the_revision_window_during_a_replay_loses_n
     counted.extend(second.concat());
     counted.extend(sentinels.clone());
     let want = reference(&counted);
-    wick_test_support::wait_until("every final candle is published", Duration::from_secs(120), || async {
-        let (got, _) = published_from(&client, &env.candles).await;
-        want.keys()
-            .filter(|k| !sentinels.iter().any(|s| s.instrument().as_str() == k.0 && k.1.bucket_start(s.event_time()).as_millis() == k.2))
-            .all(|k| got.get(k).is_some_and(|(_, c)| c.is_closed() && c.trade_count() == want[k].trade_count()))
-    })
-    .await
-    .unwrap();
+    wait_for_finals_from(&client, &env.candles, &want, &sentinels, Duration::from_secs(120)).await;
     let metrics = running.stop().await;
     assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
     let refused: u64 = ["too_late", "overflow", "future", "malformed", "dedup_full"]
