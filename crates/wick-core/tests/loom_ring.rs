@@ -1,8 +1,11 @@
 //! loom model tests of the ring: every interleaving of a tiny ring (2 slots) with wraparound,
-//! two consumers, shutdown, abandonment and the blocking wait strategy's sleep/wake handshake.
+//! two consumers, shutdown, abandonment and the sleep/wake handshake of the blocking and phased
+//! wait strategies (under loom a phase of phased lasts one try, or none when it is zero).
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wick-core --test loom_ring --release`
 //! (`cargo xtask ci` does).
 #![cfg(loom)]
+
+use std::time::Duration;
 
 use loom::thread;
 use wick_core::ring::{ring, RingClosed, WaitStrategy};
@@ -50,6 +53,18 @@ fn two_spinning_consumers_drain_on_shutdown() {
 #[test]
 fn blocking_consumers_never_miss_a_wakeup() {
     model(2, || wraparound_with(WaitStrategy::Blocking, 2, 3));
+}
+
+#[test]
+fn phased_consumers_that_sleep_at_once_never_miss_a_wakeup() {
+    let sleep_at_once = WaitStrategy::Phased { spin_for: Duration::ZERO, yield_for: Duration::ZERO };
+    model(2, move || wraparound_with(sleep_at_once, 2, 3));
+}
+
+#[test]
+fn phased_spins_yields_then_sleeps_without_missing_a_wakeup() {
+    let tiny = WaitStrategy::Phased { spin_for: Duration::from_nanos(1), yield_for: Duration::from_nanos(1) };
+    model(2, move || wraparound_with(tiny, 1, 3));
 }
 
 #[test]

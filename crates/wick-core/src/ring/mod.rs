@@ -11,8 +11,20 @@
 //! (backpressure, never loss). Counters sit on their own cache lines to avoid false sharing.
 //!
 //! Wait strategies, as in the Disruptor: busy-spin (lowest latency, burns a core), yielding
-//! (spins briefly, then yields the thread: the default, as in the seed configuration) and blocking
-//! (consumers sleep on a condition variable that the producer signals only when someone sleeps).
+//! (spins briefly, then yields the thread for as long as it waits: a waiting thread still takes a
+//! core when nothing else wants it), blocking (consumers sleep on a condition variable that the
+//! producer signals only when someone sleeps) and phased, the default (the Disruptor's
+//! `PhasedBackoffWaitStrategy`: spin for a while, then yield for a while, then sleep like
+//! blocking). Phased keeps a busy consumer off the condition variable (under load the next batch
+//! arrives within the spin or yield phase) and costs an idle one nothing once it sleeps, a
+//! fraction of a millisecond after the ring went quiet.
+//!
+//! Sleeping loses no wake-up: a consumer announces it sleeps (`sleeping`) and looks at the cursor
+//! again under the lock before waiting; the producer stores the cursor, then wakes everyone if the
+//! announcement is up. A `SeqCst` fence on each side between its store and its load makes one of
+//! the two see the other. A producer facing a full ring never sleeps on the condition variable
+//! (consumers would have to signal every batch they finish): under phased it spins, yields, then
+//! sleeps in naps growing from [`MIN_NAP`] to [`MAX_NAP`].
 //!
 //! Shutdown: dropping the [`Producer`] closes the ring; consumers drain every published event and
 //! then get [`RingClosed`]. Dropping a [`Consumer`] abandons the ring; the producer gets
@@ -26,21 +38,47 @@ mod sync;
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::Duration;
+#[cfg(not(loom))]
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
-use self::sync::{spin_hint, yield_now, Arc, AtomicBool, AtomicI64, Condvar, Mutex, UnsafeCell};
+use self::sync::{fence, sleep, spin_hint, yield_now, Arc, AtomicBool, AtomicI64, Condvar, Mutex, UnsafeCell};
 
 /// How a thread waits for the ring.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WaitStrategy {
     /// Spin on the counter: lowest latency, one core per waiting thread.
     BusySpin,
-    /// Spin a little, then yield the thread.
-    #[default]
+    /// Spin a little, then yield the thread: a waiting thread takes a core unless another wants it.
     Yielding,
     /// Consumers sleep until the producer publishes; the producer yields while the ring is full.
     Blocking,
+    /// Spin for `spin_for`, then yield for up to `yield_for`, then sleep: consumers as under
+    /// [`WaitStrategy::Blocking`], the producer (full ring) in naps of at most [`MAX_NAP`].
+    /// The default, with [`WaitStrategy::PHASED_SPIN`] and [`WaitStrategy::PHASED_YIELD`].
+    Phased { spin_for: Duration, yield_for: Duration },
+}
+
+impl WaitStrategy {
+    /// The default spin phase of [`WaitStrategy::Phased`]: longer than the gap between two
+    /// batches of a busy feed, so a busy consumer never reaches the condition variable.
+    pub const PHASED_SPIN: Duration = Duration::from_micros(20);
+    /// The default yield phase of [`WaitStrategy::Phased`]: an idle consumer sleeps within
+    /// `PHASED_SPIN + PHASED_YIELD` (220 µs) of the ring going quiet.
+    pub const PHASED_YIELD: Duration = Duration::from_micros(200);
+
+    /// Whether consumers may sleep on the condition variable, so the producer must wake them.
+    fn consumers_sleep(self) -> bool {
+        matches!(self, WaitStrategy::Blocking | WaitStrategy::Phased { .. })
+    }
+}
+
+impl Default for WaitStrategy {
+    fn default() -> WaitStrategy {
+        WaitStrategy::Phased { spin_for: WaitStrategy::PHASED_SPIN, yield_for: WaitStrategy::PHASED_YIELD }
+    }
 }
 
 /// The other side of the ring is gone: the producer closed it (consumer side, after every
@@ -58,8 +96,92 @@ pub enum RingError {
     NoConsumers,
 }
 
-/// Spins before yielding under [`WaitStrategy::Yielding`].
+/// Spins before yielding under [`WaitStrategy::Yielding`]; under loom, also the length of each
+/// phase of [`WaitStrategy::Phased`] that is not zero (loom has no clock, and few tries keep the
+/// interleavings countable).
 const SPIN_TRIES: u32 = if cfg!(loom) { 1 } else { 100 };
+
+/// The first nap of a producer waiting under [`WaitStrategy::Phased`] past its spin and yield
+/// phases; each further nap is twice as long, up to [`MAX_NAP`].
+pub const MIN_NAP: Duration = Duration::from_micros(50);
+/// The longest nap of a producer waiting for a full ring under [`WaitStrategy::Phased`]: the
+/// longest it can be late to a freed slot, small beside the time consumers take for a full ring.
+pub const MAX_NAP: Duration = Duration::from_millis(1);
+
+/// A spin phase looks at the clock once every this many spins (a clock read costs a few spins).
+#[cfg(not(loom))]
+const SPINS_PER_CLOCK_READ: u32 = 16;
+
+/// Where a waiting thread is in the phases of [`WaitStrategy::Phased`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Spin,
+    Yield,
+    Sleep,
+}
+
+/// One wait's progress through [`WaitStrategy::Phased`], measured from its first [`Phases::next`]
+/// (no clock read while the ring has what the thread waits for).
+struct Phases {
+    spin_for: Duration,
+    yield_for: Duration,
+    phase: Phase,
+    tries: u32,
+    #[cfg(not(loom))]
+    started: Option<Instant>,
+}
+
+impl Phases {
+    fn new(spin_for: Duration, yield_for: Duration) -> Phases {
+        Phases {
+            spin_for,
+            yield_for,
+            phase: Phase::Spin,
+            tries: 0,
+            #[cfg(not(loom))]
+            started: None,
+        }
+    }
+
+    /// How to wait this time round; once asleep, always asleep (until the wait ends).
+    fn next(&mut self) -> Phase {
+        if self.phase != Phase::Sleep {
+            self.tries = self.tries.saturating_add(1);
+            self.phase = self.current();
+        }
+        self.phase
+    }
+
+    #[cfg(not(loom))]
+    fn current(&mut self) -> Phase {
+        let started = match self.started {
+            Some(_) if self.phase == Phase::Spin && self.tries % SPINS_PER_CLOCK_READ != 0 => return Phase::Spin,
+            Some(started) => started,
+            None => *self.started.insert(Instant::now()),
+        };
+        let waited = started.elapsed();
+        if waited < self.spin_for {
+            Phase::Spin
+        } else if waited < self.spin_for.saturating_add(self.yield_for) {
+            Phase::Yield
+        } else {
+            Phase::Sleep
+        }
+    }
+
+    #[cfg(loom)]
+    fn current(&mut self) -> Phase {
+        let tries_of = |d: Duration| if d.is_zero() { 0 } else { SPIN_TRIES };
+        let (spins, yields) = (tries_of(self.spin_for), tries_of(self.yield_for));
+        if self.tries <= spins {
+            Phase::Spin
+        } else if self.tries <= spins + yields {
+            Phase::Yield
+        } else {
+            Phase::Sleep
+        }
+    }
+}
 
 struct Shared<T> {
     slots: Box<[UnsafeCell<T>]>,
@@ -71,7 +193,8 @@ struct Shared<T> {
     closed: CachePadded<AtomicBool>,
     abandoned: CachePadded<AtomicBool>,
     wait: WaitStrategy,
-    /// Blocking strategy only: set by a consumer about to sleep.
+    /// Blocking and phased strategies only: set by a consumer about to sleep. Written only
+    /// under `lock`.
     sleeping: CachePadded<AtomicBool>,
     lock: Mutex<()>,
     wakeup: Condvar,
@@ -103,9 +226,16 @@ impl<T> Shared<T> {
         unsafe { self.slots.get_unchecked(index) }
     }
 
+    /// Called after storing the cursor: wakes the consumers that announced they sleep. The fence
+    /// pairs with the one in [`sleep_until_published`]: whichever of the two comes second in their
+    /// single total order, its thread sees the other's store (the announcement, or the cursor), so
+    /// no consumer sleeps through a publish. (`SeqCst` fences rather than `SeqCst` accesses: loom
+    /// models the fences exactly but treats `SeqCst` accesses as acquire/release.)
     fn wake_sleepers(&self) {
-        if self.sleeping.swap(false, SeqCst) {
+        fence(SeqCst);
+        if self.sleeping.load(Relaxed) {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.sleeping.store(false, Relaxed);
             self.wakeup.notify_all();
         }
     }
@@ -187,11 +317,9 @@ impl<T> Producer<T> {
     }
 
     fn publish_through(&mut self, last: i64) {
-        if self.shared.wait == WaitStrategy::Blocking {
-            self.shared.cursor.store(last, SeqCst);
+        self.shared.cursor.store(last, Release);
+        if self.shared.wait.consumers_sleep() {
             self.shared.wake_sleepers();
-        } else {
-            self.shared.cursor.store(last, Release);
         }
         self.next = last + 1;
     }
@@ -202,6 +330,11 @@ impl<T> Producer<T> {
             return Ok(());
         }
         let mut tries = 0u32;
+        let mut phases = match self.shared.wait {
+            WaitStrategy::Phased { spin_for, yield_for } => Some(Phases::new(spin_for, yield_for)),
+            _ => None,
+        };
+        let mut nap = MIN_NAP;
         loop {
             let min = self.shared.min_gate();
             self.clear_up_to = min;
@@ -211,9 +344,16 @@ impl<T> Producer<T> {
             if self.shared.abandoned.load(Acquire) {
                 return Err(RingClosed);
             }
-            match self.shared.wait {
-                WaitStrategy::BusySpin => spin_hint(),
-                WaitStrategy::Yielding | WaitStrategy::Blocking if tries < SPIN_TRIES => {
+            match (self.shared.wait, phases.as_mut().map(Phases::next)) {
+                (WaitStrategy::BusySpin, _) | (_, Some(Phase::Spin)) => spin_hint(),
+                (_, Some(Phase::Yield)) => yield_now(),
+                (_, Some(Phase::Sleep)) => {
+                    // Consumers do not signal freed slots (that would cost every batch they
+                    // finish), so a producer past its yield phase sleeps in growing naps.
+                    sleep(nap);
+                    nap = nap.saturating_mul(2).min(MAX_NAP);
+                }
+                (WaitStrategy::Yielding | WaitStrategy::Blocking, None) if tries < SPIN_TRIES => {
                     tries += 1;
                     spin_hint();
                 }
@@ -299,6 +439,10 @@ impl<T> Consumer<T> {
     fn wait_for(&self, sequence: i64) -> Result<i64, RingClosed> {
         let shared = &*self.shared;
         let mut tries = 0u32;
+        let mut phases = match shared.wait {
+            WaitStrategy::Phased { spin_for, yield_for } => Some(Phases::new(spin_for, yield_for)),
+            _ => None,
+        };
         loop {
             let available = shared.cursor.load(Acquire);
             if available >= sequence {
@@ -309,22 +453,16 @@ impl<T> Consumer<T> {
                 let available = shared.cursor.load(Acquire);
                 return if available >= sequence { Ok(available) } else { Err(RingClosed) };
             }
-            match shared.wait {
-                WaitStrategy::BusySpin => spin_hint(),
-                _ if tries < SPIN_TRIES => {
+            match (shared.wait, phases.as_mut().map(Phases::next)) {
+                (WaitStrategy::BusySpin, _) | (_, Some(Phase::Spin)) => spin_hint(),
+                (_, Some(Phase::Yield)) => yield_now(),
+                (_, Some(Phase::Sleep)) => sleep_until_published(shared, sequence),
+                (_, None) if tries < SPIN_TRIES => {
                     tries += 1;
                     spin_hint();
                 }
-                WaitStrategy::Yielding => yield_now(),
-                WaitStrategy::Blocking => {
-                    let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
-                    shared.sleeping.store(true, SeqCst);
-                    // Re-check under the lock: the producer either sees `sleeping` and notifies
-                    // after we wait, or published before we set it and we see its cursor here.
-                    if shared.cursor.load(SeqCst) < sequence && !shared.closed.load(SeqCst) {
-                        drop(shared.wakeup.wait(guard).unwrap_or_else(|e| e.into_inner()));
-                    }
-                }
+                (WaitStrategy::Blocking, None) => sleep_until_published(shared, sequence),
+                _ => yield_now(),
             }
         }
     }
@@ -337,6 +475,20 @@ impl<T> Consumer<T> {
     /// Which consumer of the ring this is, from 0.
     pub fn index(&self) -> usize {
         self.index
+    }
+}
+
+/// Sleeps on the condition variable until the producer publishes `sequence` or closes the ring
+/// (or a spurious wake-up: the caller looks again).
+fn sleep_until_published<T>(shared: &Shared<T>, sequence: i64) {
+    let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+    shared.sleeping.store(true, Relaxed);
+    // Look again after the fence (see `Shared::wake_sleepers`): the producer either sees the
+    // announcement and notifies under the lock, so after we wait, or published before it and we
+    // see its cursor here. `closed` is stored before the producer notifies under the lock.
+    fence(SeqCst);
+    if shared.cursor.load(Acquire) < sequence && !shared.closed.load(Acquire) {
+        drop(shared.wakeup.wait(guard).unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -415,13 +567,104 @@ mod tests {
         }
     }
 
+    /// Phased with no spin or yield phase: every wait goes straight to sleep.
+    const SLEEPY: WaitStrategy = WaitStrategy::Phased { spin_for: Duration::ZERO, yield_for: Duration::ZERO };
+
     #[test]
     fn every_consumer_sees_every_event_in_order() {
-        for wait in [WaitStrategy::BusySpin, WaitStrategy::Yielding, WaitStrategy::Blocking] {
+        for wait in [WaitStrategy::BusySpin, WaitStrategy::Yielding, WaitStrategy::Blocking, WaitStrategy::default(), SLEEPY] {
             run(wait, 1, 8, 10_000, 1);
             run(wait, 3, 16, 10_000, 7);
             run(wait, 2, 4, 5_000, 100); // batches larger than the ring
         }
+    }
+
+    #[test]
+    fn phased_consumers_see_every_event_while_the_producer_waits_for_a_tiny_ring() {
+        // More threads than this machine has cores, so both sides wait through every phase.
+        let spin_only = WaitStrategy::Phased { spin_for: Duration::from_micros(1), yield_for: Duration::ZERO };
+        for wait in [WaitStrategy::default(), SLEEPY, spin_only] {
+            run(wait, 4, 2, 5_000, 1);
+            run(wait, 4, 2, 1_000, 3);
+        }
+    }
+
+    #[test]
+    fn phased_is_the_default() {
+        assert_eq!(
+            WaitStrategy::default(),
+            WaitStrategy::Phased { spin_for: Duration::from_micros(20), yield_for: Duration::from_micros(200) }
+        );
+    }
+
+    #[test]
+    fn phases_spin_then_yield_then_sleep() {
+        let hour = Duration::from_secs(3600);
+        let mut spinning = Phases::new(hour, hour);
+        assert!((0..100).all(|_| spinning.next() == Phase::Spin));
+        let mut yielding = Phases::new(Duration::ZERO, hour);
+        assert!((0..100).all(|_| yielding.next() == Phase::Yield));
+        let mut sleeping = Phases::new(Duration::ZERO, Duration::ZERO);
+        assert!((0..100).all(|_| sleeping.next() == Phase::Sleep));
+        // Past both phases, a wait sleeps and stays asleep.
+        let mut short = Phases::new(Duration::from_micros(1), Duration::from_micros(1));
+        let phases: Vec<Phase> = std::iter::repeat_with(|| short.next()).take_while(|p| *p != Phase::Sleep).collect();
+        assert!(phases.windows(2).all(|w| w[0] == w[1] || (w[0], w[1]) == (Phase::Spin, Phase::Yield)), "{phases:?}");
+        assert!((0..100).all(|_| short.next() == Phase::Sleep));
+    }
+
+    /// Waits until a consumer announced that it sleeps on the condition variable.
+    fn until_a_consumer_sleeps<T>(producer: &Producer<T>) {
+        while !producer.shared.sleeping.load(SeqCst) {
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn an_idle_phased_consumer_sleeps_and_the_producer_wakes_it() {
+        for wait in [WaitStrategy::default(), SLEEPY] {
+            let (mut producer, mut consumers) = ring(4, 1, wait, || 0u32).unwrap();
+            let mut consumer = consumers.pop().unwrap();
+            let t = thread::spawn(move || {
+                let mut seen = Vec::new();
+                consumer.poll(|v| seen.push(*v)).unwrap();
+                seen
+            });
+            until_a_consumer_sleeps(&producer);
+            producer.publish(|s| *s = 7).unwrap();
+            assert_eq!(t.join().unwrap(), vec![7], "{wait:?}");
+            assert!(!producer.shared.sleeping.load(SeqCst), "the producer took the announcement down");
+        }
+    }
+
+    #[test]
+    fn sleeping_phased_consumers_wake_when_the_producer_closes() {
+        let (producer, consumers) = ring(4, 2, SLEEPY, || 0u32).unwrap();
+        let handles: Vec<_> = consumers.into_iter().map(|mut c| thread::spawn(move || c.poll(|_| {}))).collect();
+        until_a_consumer_sleeps(&producer);
+        drop(producer);
+        for h in handles {
+            assert_eq!(h.join().unwrap(), Err(RingClosed));
+        }
+    }
+
+    #[test]
+    fn a_phased_producer_naps_on_a_full_ring_and_loses_nothing() {
+        let (mut producer, mut consumers) = ring(4, 1, SLEEPY, || 0u32).unwrap();
+        let mut consumer = consumers.pop().unwrap();
+        let t = thread::spawn(move || {
+            for i in 0..64 {
+                producer.publish(|s| *s = i).unwrap(); // from the fifth on, waits for the consumer
+            }
+        });
+        let mut seen = Vec::new();
+        while let Ok(n) = consumer.poll(|v| seen.push(*v)) {
+            assert!(n <= 4, "the ring never holds more than its capacity");
+            // A slow consumer, so the producer goes through its naps.
+            thread::sleep(Duration::from_millis(1));
+        }
+        t.join().unwrap();
+        assert_eq!(seen, (0..64).collect::<Vec<_>>());
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 #[cfg(loom)]
 pub(crate) use loom::{
-    sync::atomic::{AtomicBool, AtomicI64},
+    sync::atomic::{fence, AtomicBool, AtomicI64},
     sync::{Arc, Condvar, Mutex},
 };
 #[cfg(not(loom))]
 pub(crate) use std::{
-    sync::atomic::{AtomicBool, AtomicI64},
+    sync::atomic::{fence, AtomicBool, AtomicI64},
     sync::{Arc, Condvar, Mutex},
 };
 
@@ -26,6 +26,17 @@ pub(crate) fn yield_now() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     std::thread::yield_now();
+}
+
+/// Sleeps the thread for `duration`. Under loom, which has no clock, it yields.
+pub(crate) fn sleep(duration: std::time::Duration) {
+    #[cfg(loom)]
+    {
+        let _ = duration;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    std::thread::sleep(duration);
 }
 
 /// `UnsafeCell` with loom's closure-based access API, so loom can track every access.
