@@ -1,5 +1,5 @@
-//! Durations in configuration, written as `250ms`, `10s`, `5m`, `1h` or `1d` (and printed back the
-//! same way).
+//! Durations in configuration, written as `20us`, `250ms`, `10s`, `5m`, `1h` or `1d` (and printed
+//! back the same way).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Duration(std::time::Duration);
 
 impl Duration {
+    pub const fn from_micros(us: u64) -> Duration {
+        Duration(std::time::Duration::from_micros(us))
+    }
     pub const fn from_millis(ms: u64) -> Duration {
         Duration(std::time::Duration::from_millis(ms))
     }
@@ -30,28 +33,31 @@ impl FromStr for Duration {
         let (number, unit) = s.split_at(split);
         let n: u64 = number
             .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected a whole number and a unit (ms, s, m, h, d), e.g. 250ms"))?;
-        let ms = match unit {
-            "ms" => Some(n),
-            "s" => n.checked_mul(1_000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            "d" => n.checked_mul(86_400_000),
-            _ => return Err(format!("invalid duration {s:?}: unit must be ms, s, m, h or d")),
-        };
-        ms.map(Duration::from_millis).ok_or_else(|| format!("duration {s:?} is too long"))
+            .map_err(|_| format!("invalid duration {s:?}: expected a whole number and a unit (us, ms, s, m, h, d), e.g. 250ms"))?;
+        let size = UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, size)| *size)
+            .ok_or_else(|| format!("invalid duration {s:?}: unit must be us, ms, s, m, h or d"))?;
+        n.checked_mul(size).map(Duration::from_micros).ok_or_else(|| format!("duration {s:?} is too long"))
     }
 }
 
+/// Each unit and its length in microseconds, longest first.
+const UNITS: [(&str, u64); 6] =
+    [("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000), ("us", 1)];
+
 impl fmt::Display for Duration {
+    /// In the longest unit that divides it: `1s`, `1500ms`, `20us`, `0us`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms >= size && ms % size == 0 {
-                return write!(f, "{}{unit}", ms / size);
+        let us = self.0.as_micros();
+        for (unit, size) in UNITS {
+            let size = u128::from(size);
+            if us >= size && us % size == 0 {
+                return write!(f, "{}{unit}", us / size);
             }
         }
-        write!(f, "{ms}ms")
+        write!(f, "{us}us")
     }
 }
 
@@ -74,15 +80,33 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (text, ms, printed) in
-            [("250ms", 250, "250ms"), ("10s", 10_000, "10s"), ("5m", 300_000, "5m"), ("1h", 3_600_000, "1h"), ("1000ms", 1000, "1s")]
-        {
+        for (text, us, printed) in [
+            ("250ms", 250_000, "250ms"),
+            ("10s", 10_000_000, "10s"),
+            ("5m", 300_000_000, "5m"),
+            ("1h", 3_600_000_000, "1h"),
+            ("2d", 172_800_000_000, "2d"),
+            ("1000ms", 1_000_000, "1s"),
+            ("20us", 20, "20us"),
+            ("1500us", 1_500, "1500us"),
+            ("2000us", 2_000, "2ms"),
+            ("0us", 0, "0us"),
+            ("0s", 0, "0us"),
+        ] {
             let d: Duration = text.parse().unwrap();
-            assert_eq!(d.get().as_millis(), ms);
-            assert_eq!(d.to_string(), printed);
+            assert_eq!(d.get().as_micros(), us, "{text}");
+            assert_eq!(d.to_string(), printed, "{text}");
+            assert_eq!(d.to_string().parse::<Duration>(), Ok(d), "{text} prints back to itself");
         }
-        for bad in ["", "10", "ms", "1.5s", "-1s", "10 parsecs"] {
+        for bad in ["", "10", "ms", "1.5s", "-1s", "10 parsecs", "20µs", "10ns", "18446744073709551615ms"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn constructors_agree_with_the_text() {
+        assert_eq!(Duration::from_micros(20), "20us".parse().unwrap());
+        assert_eq!(Duration::from_millis(250), "250ms".parse().unwrap());
+        assert_eq!(Duration::from_secs(30), "30s".parse().unwrap());
     }
 }
