@@ -2,6 +2,7 @@
 //! works against the stack of `cargo xtask stack up`; the defaults are the seed's.
 
 use serde::{Deserialize, Serialize};
+use wick_core::ring::WaitStrategy;
 use wick_core::Interval;
 use wick_service::config::{InstanceConfig, OpsConfig, Validate};
 use wick_service::duration::Duration;
@@ -69,10 +70,32 @@ pub struct ConsumerConfig {
 pub struct RingConfig {
     /// Slots, a power of two.
     pub buffer_size: usize,
-    /// `yielding` (the seed's), `busy-spin` or `blocking`.
+    /// How shards wait for trades (and the ring publisher for a full ring): `phased` (spin, then
+    /// yield, then sleep: fast under load, free when idle), `yielding` (spin, then yield for as
+    /// long as it waits: the seed's, a core per idle shard unless something else wants it),
+    /// `busy-spin` or `blocking`.
     pub wait_strategy: String,
-    /// Aggregator shards, each owning instruments by hash.
+    /// `phased`: how long a waiting thread spins.
+    pub phased_spin: Duration,
+    /// `phased`: how long it then yields before it sleeps.
+    pub phased_yield: Duration,
+    /// Aggregator shards, each owning instruments by hash; 0 means one per core (at most
+    /// [`MAX_SHARDS`]), so idle-free waiting never has more busy shards than cores.
     pub num_consumers: usize,
+}
+
+/// The most shards `ring.num_consumers` may ask for.
+pub const MAX_SHARDS: usize = 64;
+
+impl RingConfig {
+    /// The number of shards: `num_consumers`, or when it is 0 the number of cores this process
+    /// may use (at most [`MAX_SHARDS`]).
+    pub fn shards(&self) -> usize {
+        match self.num_consumers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SHARDS),
+            n => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -149,7 +172,13 @@ impl Default for ConsumerConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { buffer_size: 8192, wait_strategy: "yielding".into(), num_consumers: 4 }
+        RingConfig {
+            buffer_size: 8192,
+            wait_strategy: "phased".into(),
+            phased_spin: Duration::from_micros(20),
+            phased_yield: Duration::from_micros(200),
+            num_consumers: 0,
+        }
     }
 }
 
@@ -185,11 +214,13 @@ impl Config {
         self.aggregation.intervals.iter().filter_map(|i| i.parse().ok()).collect()
     }
 
-    pub fn wait_strategy(&self) -> wick_core::ring::WaitStrategy {
+    /// The configured wait strategy (validated; anything else is phased).
+    pub fn wait_strategy(&self) -> WaitStrategy {
         match self.ring.wait_strategy.as_str() {
-            "busy-spin" => wick_core::ring::WaitStrategy::BusySpin,
-            "blocking" => wick_core::ring::WaitStrategy::Blocking,
-            _ => wick_core::ring::WaitStrategy::Yielding,
+            "yielding" => WaitStrategy::Yielding,
+            "busy-spin" => WaitStrategy::BusySpin,
+            "blocking" => WaitStrategy::Blocking,
+            _ => WaitStrategy::Phased { spin_for: self.ring.phased_spin.get(), yield_for: self.ring.phased_yield.get() },
         }
     }
 }
@@ -236,11 +267,15 @@ impl Validate for Config {
         if self.ring.buffer_size < 2 || !self.ring.buffer_size.is_power_of_two() {
             problems.push(format!("ring.buffer_size must be a power of two of at least 2 (got {})", self.ring.buffer_size));
         }
-        if !matches!(self.ring.wait_strategy.as_str(), "yielding" | "busy-spin" | "blocking") {
-            problems.push(format!("ring.wait_strategy must be yielding, busy-spin or blocking (got {:?})", self.ring.wait_strategy));
+        if !matches!(self.ring.wait_strategy.as_str(), "phased" | "yielding" | "busy-spin" | "blocking") {
+            problems
+                .push(format!("ring.wait_strategy must be phased, yielding, busy-spin or blocking (got {:?})", self.ring.wait_strategy));
         }
-        if self.ring.num_consumers == 0 || self.ring.num_consumers > 64 {
-            problems.push(format!("ring.num_consumers must be between 1 and 64 (got {})", self.ring.num_consumers));
+        if self.ring.num_consumers > MAX_SHARDS {
+            problems.push(format!(
+                "ring.num_consumers must be between 1 and {MAX_SHARDS}, or 0 for one per core (got {})",
+                self.ring.num_consumers
+            ));
         }
         let a = &self.aggregation;
         if a.intervals.is_empty() {
@@ -284,11 +319,49 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_seeds_and_valid() {
+    fn defaults_are_valid() {
         let c = Config::default();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        assert_eq!((c.ring.buffer_size, c.ring.num_consumers, c.consumer.max_poll_records), (8192, 4, 500));
+        assert_eq!((c.ring.buffer_size, c.ring.num_consumers, c.consumer.max_poll_records), (8192, 0, 500));
         assert_eq!(c.intervals().len(), 16);
+        assert_eq!(c.wait_strategy(), WaitStrategy::default(), "the ring's default, phased 20us/200us");
+    }
+
+    fn load(env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        wick_service::config::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn every_wait_strategy_is_configurable() {
+        let us = std::time::Duration::from_micros;
+        for (name, expected) in [
+            ("phased", WaitStrategy::Phased { spin_for: us(20), yield_for: us(200) }),
+            ("yielding", WaitStrategy::Yielding),
+            ("busy-spin", WaitStrategy::BusySpin),
+            ("blocking", WaitStrategy::Blocking),
+        ] {
+            assert_eq!(load(&[("WICK__RING__WAIT_STRATEGY", name)]).unwrap().wait_strategy(), expected, "{name}");
+        }
+        let c = load(&[("WICK__RING__PHASED_SPIN", "50us"), ("WICK__RING__PHASED_YIELD", "1ms")]).unwrap();
+        assert_eq!(c.wait_strategy(), WaitStrategy::Phased { spin_for: us(50), yield_for: us(1000) });
+        let c = load(&[("WICK__RING__PHASED_SPIN", "0us"), ("WICK__RING__PHASED_YIELD", "0us")]).unwrap();
+        assert_eq!(c.wait_strategy(), WaitStrategy::Phased { spin_for: us(0), yield_for: us(0) }, "sleep at once");
+        let problem = format!("{:#}", load(&[("WICK__RING__WAIT_STRATEGY", "lazy")]).unwrap_err());
+        assert!(problem.contains("ring.wait_strategy must be phased, yielding, busy-spin or blocking"), "{problem}");
+        assert!(load(&[("WICK__RING__PHASED_SPIN", "20")]).is_err(), "a duration needs its unit");
+    }
+
+    #[test]
+    fn zero_consumers_means_one_shard_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let c = load(&[("WICK__RING__NUM_CONSUMERS", "0")]).unwrap();
+        assert_eq!(c.ring.shards(), cores.min(MAX_SHARDS));
+        assert_eq!(Config::default().ring.shards(), cores.min(MAX_SHARDS));
+        for n in [1, 3, MAX_SHARDS] {
+            assert_eq!(load(&[("WICK__RING__NUM_CONSUMERS", &n.to_string())]).unwrap().ring.shards(), n);
+        }
+        let problem = format!("{:#}", load(&[("WICK__RING__NUM_CONSUMERS", "65")]).unwrap_err());
+        assert!(problem.contains("ring.num_consumers must be between 1 and 64, or 0 for one per core (got 65)"), "{problem}");
     }
 
     #[test]
@@ -298,6 +371,8 @@ mod tests {
         c.aggregation.intervals = vec!["7m".into()];
         c.consumer.auto_offset_reset = "middle".into();
         c.instance.index = 3;
-        assert_eq!(c.validate().len(), 4, "{:#?}", c.validate());
+        c.ring.wait_strategy = "lazy".into();
+        c.ring.num_consumers = 65;
+        assert_eq!(c.validate().len(), 6, "{:#?}", c.validate());
     }
 }

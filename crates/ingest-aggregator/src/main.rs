@@ -14,7 +14,8 @@ use wick_core::SystemClock;
 ///
 /// Configuration: the YAML file of `--config` (optional), every key overridable as
 /// `WICK__SECTION__KEY`, e.g. `WICK__INSTANCE__INDEX=1`, `WICK__INSTANCE__COUNT=2`,
-/// `WICK__RING__WAIT_STRATEGY=blocking`, `WICK__RING__NUM_CONSUMERS=4`,
+/// `WICK__RING__WAIT_STRATEGY=blocking` (default `phased`), `WICK__RING__NUM_CONSUMERS=4` (default 0:
+/// one shard per core),
 /// `WICK__AGGREGATION__ALLOWED_LATENESS=1s`, `WICK__AGGREGATION__REVISION_WINDOW=10m`,
 /// `WICK__CONSUMER__AUTO_OFFSET_RESET=earliest`,
 /// `WICK__CHECKPOINT__DATABASE_URL=postgres://postgres@db:5432/wick`,
@@ -34,7 +35,9 @@ async fn main() -> Result<()> {
     let stop = wick_service::shutdown::signal();
     wick_service::init_telemetry();
     let cli = Cli::parse();
-    let config: Config = wick_service::config::load(cli.config.as_deref())?;
+    let mut config: Config = wick_service::config::load(cli.config.as_deref())?;
+    // 0 shards means one per core; `run` takes the number.
+    config.ring.num_consumers = config.ring.shards();
     let metrics = Metrics::new();
     let service = wick_service::ops::Service::start(
         config.ops.listen,

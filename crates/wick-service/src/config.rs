@@ -75,7 +75,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("output", &["linger", "max_request_bytes"]),
     ("producer", &["compression", "linger", "max_request_bytes"]),
     ("redis", &["command_timeout", "enabled", "key_prefix", "max_pending", "ttl", "url"]),
-    ("ring", &["buffer_size", "num_consumers", "wait_strategy"]),
+    ("ring", &["buffer_size", "num_consumers", "phased_spin", "phased_yield", "wait_strategy"]),
 ];
 
 /// Whether some Wick service has `section` (and `key` in it, when given).
