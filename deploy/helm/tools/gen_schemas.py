@@ -4,7 +4,10 @@ the service's `src/config.rs` (section -> key -> type), so a misspelt or unknown
 `helm lint`/`helm template`. Run again after a config change: `python3 deploy/helm/tools/gen_schemas.py`."""
 import json, pathlib
 
-DUR = {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)$"}
+# A Wick duration (wick_service::duration), in configuration.
+DUR = {"type": "string", "pattern": r"^[0-9]+(us|ms|s|m|h|d)$"}
+# A Prometheus duration (the ServiceMonitor's scrape interval).
+PROM_DUR = {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)$"}
 STR = {"type": "string"}
 INT = {"type": "integer", "minimum": 0}
 BOOL = {"type": "boolean"}
@@ -22,7 +25,8 @@ CONFIG = {
                   "candles_partitions": INT, "dead_letter_topic": STR, "dead_letter_partitions": INT, "request_deadline": DUR},
         "consumer": {"fetch_min_bytes": INT, "fetch_max_bytes": INT, "fetch_max_wait": DUR, "max_poll_records": INT,
                      "auto_offset_reset": {"enum": ["latest", "earliest"]}},
-        "ring": {"buffer_size": INT, "wait_strategy": {"enum": ["yielding", "busy-spin", "blocking"]}, "num_consumers": INT},
+        "ring": {"buffer_size": INT, "wait_strategy": {"enum": ["phased", "yielding", "busy-spin", "blocking"]}, "phased_spin": DUR,
+                 "phased_yield": DUR, "num_consumers": {"type": "integer", "minimum": 0, "maximum": 64}},
         "aggregation": {"intervals": LIST, "allowed_lateness": DUR, "revision_window": DUR, "update_throttle": DUR, "tick": DUR},
         "output": {"linger": DUR, "max_request_bytes": INT},
         "checkpoint": {"database_url": STR, "schema": STR, "interval": DUR},
@@ -74,7 +78,7 @@ COMMON = {
     "probes": closed({"periodSeconds": INT, "livenessFailureThreshold": INT, "readinessFailureThreshold": INT,
                       "startupFailureThreshold": INT}),
     "podDisruptionBudget": closed({"enabled": BOOL, "maxUnavailable": {"type": ["integer", "string"]}}),
-    "serviceMonitor": closed({"enabled": BOOL, "interval": DUR, "labels": K8S_OBJ}),
+    "serviceMonitor": closed({"enabled": BOOL, "interval": PROM_DUR, "labels": K8S_OBJ}),
     "networkPolicy": closed({"enabled": BOOL, "metricsNamespaceLabels": K8S_OBJ, "ingress": {"type": "array"},
                              "egress": {"type": "array"}}),
     "service": closed({"headless": BOOL, "ports": {"type": "array", "items": closed(
