@@ -1,7 +1,8 @@
-//! The batching producer: trades are gathered per instrument into one record (a protobuf
-//! `TradeBatch`) within the linger window, records are gathered per partition into one produce
-//! request, and each partition is written by one task, in order, so an instrument's trades keep
-//! their order. The partition is Kafka's default (murmur2 of the instrument key). Memory is bounded:
+//! The batching producer: within the linger window, the trades of every instrument of a partition
+//! are gathered into one record (a protobuf `TradeBatches` of one `TradeBatch` per instrument: see
+//! `proto/wick/v1/market.proto`), sent as one produce request, and each partition is written by one
+//! task, in order, so an instrument's trades keep their order. One record per partition and linger
+//! window, whatever the number of instruments: the broker's cost follows records as much as bytes. The partition is Kafka's default (murmur2 of the instrument key). Memory is bounded:
 //! the input channel and every partition queue are bounded, so a slow broker slows the caller.
 
 use std::collections::{BTreeMap, HashMap};
@@ -293,23 +294,28 @@ async fn send(
 ) -> Result<()> {
     let Some(p) = pending.remove(&partition) else { return Ok(()) };
     let now = clock.now();
-    let mut records = Vec::with_capacity(p.batches.len());
+    let mut batches = Vec::with_capacity(p.batches.len());
+    if let Some(oldest) = p.batches.iter().flat_map(|(_, t)| t.iter().map(Trade::receive_time)).min() {
+        metrics.receive_to_publish_seconds.observe((now.as_micros() - oldest.as_micros()).max(0) as f64 / 1e6);
+    }
     for (instrument, trades) in p.batches {
         let symbol = exchange::symbol_for(&instrument).map(|(_, s)| s).unwrap_or_default();
         metrics.observe_batch(&instrument, &trades, now);
         stats.trades += trades.len() as u64;
-        let mut headers = BTreeMap::new();
-        headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_PROTOBUF.as_bytes().to_vec());
-        records.push(Record {
-            key: Some(instrument.as_str().as_bytes().to_vec()),
-            value: Some(wick_wire::encode_trade_batch(&instrument, &symbol, &trades)),
-            headers,
-            timestamp: chrono::DateTime::from_timestamp_micros(now.as_micros()).unwrap_or_default(),
-        });
+        batches.push(wick_wire::trade_batch_to_wire(&instrument, &symbol, &trades));
     }
-    stats.records += records.len() as u64;
-    metrics.records_per_request.observe(records.len() as f64);
-    sinks[partition as usize].send(Write::Records(records)).await.map_err(|_| anyhow!("the writer of partition {partition} stopped"))
+    metrics.instruments_per_record.observe(batches.len() as f64);
+    let mut headers = BTreeMap::new();
+    headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_TRADE_BATCHES.as_bytes().to_vec());
+    // No key: the record holds several instruments, and is produced to their partition explicitly.
+    let record = Record {
+        key: None,
+        value: Some(wick_wire::encode_trade_batches(batches)),
+        headers,
+        timestamp: chrono::DateTime::from_timestamp_micros(now.as_micros()).unwrap_or_default(),
+    };
+    stats.records += 1;
+    sinks[partition as usize].send(Write::Records(vec![record])).await.map_err(|_| anyhow!("the writer of partition {partition} stopped"))
 }
 
 /// Writes one partition's requests in order; a failure (after rskafka's retries) stops the run.

@@ -101,8 +101,14 @@ async fn bare_fetch_and_decode(broker: &str, topic: &str) -> usize {
                     if r.offset < offset {
                         continue;
                     }
-                    let (_, batch) = wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap_or_default()).unwrap();
-                    trades += batch.len();
+                    let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+                    let parts = wick_wire::decode_market_record(
+                        content_type,
+                        r.record.value.as_deref().unwrap_or_default(),
+                        wick_core::Timestamp::MIN,
+                    )
+                    .unwrap();
+                    trades += parts.iter().map(|p| p.as_ref().map_or(0, |(_, t)| t.len())).sum::<usize>();
                     offset = r.offset + 1;
                 }
             }

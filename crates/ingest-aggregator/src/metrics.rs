@@ -1,8 +1,8 @@
 //! ingest-aggregator's metrics, declared once; emitted per fetch and per ring batch.
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
-use wick_service::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use wick_service::metrics::{counter, counter_vec, gauge, gauge_vec, histogram, histogram_vec};
 
 use crate::shard::ShardStats;
 
@@ -12,6 +12,8 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     pub trades_consumed: IntCounter,
     pub poll_seconds: Histogram,
+    /// The latency budget's hops through this service (see `hop_seconds` in `new`).
+    pub hop_seconds: HistogramVec,
     pub lag: IntGaugeVec,
     pub ring_remaining: IntGauge,
     pub events_dropped: IntCounter,
@@ -38,6 +40,16 @@ impl Metrics {
             ),
             trades_consumed: counter("wick_ingest_trades_consumed_total", "Trades decoded from consumed records."),
             poll_seconds: histogram("wick_ingest_poll_seconds", "Duration of one fetch from the broker.", 0.0005, 2.0, 14),
+            hop_seconds: histogram_vec(
+                "wick_ingest_hop_seconds",
+                "Latency budget by hop: publish_to_fetch (a market-events record's timestamp to the fetch that returned it: produce, broker, fetch wait), \
+                 fetch_to_output (the fetch to its trades' candle events leaving the shard: ring, apply, update throttle), output_to_ack (a \
+                 candles-completed record's first event to the broker's acknowledgement: linger and produce).",
+                &["hop"],
+                0.0001,
+                2.0,
+                18,
+            ),
             lag: gauge_vec(
                 "wick_ingest_consumer_lag_records",
                 "Records behind: log end (high watermark) minus position, by partition.",
@@ -83,6 +95,7 @@ impl Metrics {
             Box::new(self.records_consumed.clone()),
             Box::new(self.trades_consumed.clone()),
             Box::new(self.poll_seconds.clone()),
+            Box::new(self.hop_seconds.clone()),
             Box::new(self.lag.clone()),
             Box::new(self.ring_remaining.clone()),
             Box::new(self.events_dropped.clone()),

@@ -44,6 +44,8 @@ pub enum Input {
     Trades {
         partition: i32,
         trades: Vec<(i64, Trade)>,
+        /// When the fetch that read them returned (the latency budget's `fetch_to_output`).
+        fetched: Instant,
     },
     Tick {
         partition: i32,
@@ -76,6 +78,7 @@ pub struct Event {
     tick: Tick,
     seq: u64,
     trade: Option<Trade>,
+    fetched: Option<Instant>,
 }
 
 /// The ring publisher: the ring's single producer, fed by every fetch task.
@@ -83,7 +86,7 @@ pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, sha
     let capacity = producer.capacity() as i64;
     while let Some(input) = rx.blocking_recv() {
         let published = match input {
-            Input::Trades { partition, trades } => {
+            Input::Trades { partition, trades, fetched } => {
                 let mut trades = trades.into_iter();
                 producer.publish_batch(trades.len(), |_, slot| {
                     if let Some((offset, trade)) = trades.next() {
@@ -92,6 +95,7 @@ pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, sha
                         slot.partition = partition;
                         slot.offset = offset;
                         slot.trade = Some(trade);
+                        slot.fetched = Some(fetched);
                     }
                 })
             }
@@ -120,11 +124,17 @@ pub fn publish(mut rx: mpsc::Receiver<Input>, mut producer: Producer<Event>, sha
 pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Sender<Output>, metrics: Metrics) {
     let index = consumer.index();
     let mut out = Vec::new();
+    let fetch_to_output = metrics.hop_seconds.with_label_values(&["fetch_to_output"]);
+    // The earliest fetch of the trades applied since candle events last left the shard.
+    let mut earliest: Option<Instant> = None;
     loop {
         let polled = consumer.poll(|e| match e.kind {
             Kind::Trade if e.shard == index => {
                 if let Some(trade) = &e.trade {
                     shard.on_trade(trade, e.partition, e.offset, &mut out);
+                    if earliest.is_none() {
+                        earliest = e.fetched;
+                    }
                 }
             }
             Kind::Tick => shard.on_tick(e.partition, e.tick),
@@ -133,6 +143,10 @@ pub fn run_shard(mut shard: Shard, mut consumer: Consumer<Event>, tx: mpsc::Send
         });
         shard.flush(&mut out);
         metrics.add_shard_stats(&std::mem::take(&mut shard.stats));
+        if let Some(fetched) = earliest.filter(|_| out.iter().any(|o| matches!(o, Output::Candles { .. }))) {
+            fetch_to_output.observe(fetched.elapsed().as_secs_f64());
+            earliest = None;
+        }
         for o in out.drain(..) {
             if tx.blocking_send(o).is_err() {
                 tracing::error!(shard = index, "the output task is gone: shard stops");
@@ -177,10 +191,24 @@ async fn produce_acknowledged(client: &PartitionClient, records: Vec<Record>, sh
     }
 }
 
+/// The candle events waiting for one partition of `candles-completed`: one record once sent.
 struct Pending {
-    records: Vec<Record>,
+    batches: Vec<pb::CandleBatch>,
     bytes: usize,
     since: Option<Instant>,
+}
+
+impl Pending {
+    /// The record of everything pending (one `CandleBatches`, see `proto/wick/v1/market.proto`),
+    /// leaving the slot empty.
+    fn take_record(&mut self) -> Record {
+        let batches = std::mem::take(&mut self.batches);
+        self.bytes = 0;
+        self.since = None;
+        let mut headers = BTreeMap::new();
+        headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_CANDLE_BATCHES.as_bytes().to_vec());
+        Record { key: None, value: Some(wick_wire::encode_candle_batches(batches)), headers, timestamp: chrono::Utc::now() }
+    }
 }
 
 /// The output side: candle records per partition of `candles-completed`, dead letters, and the
@@ -212,8 +240,7 @@ pub async fn output(
                 .with_context(|| format!("{}/{p}", config.kafka.dead_letter_topic))?,
         );
     }
-    let new_pending = || Pending { records: Vec::new(), bytes: 0, since: None };
-    let mut pending: Vec<Pending> = (0..candles.len()).map(|_| new_pending()).collect();
+    let mut pending: Vec<Pending> = (0..candles.len()).map(|_| Pending { batches: Vec::new(), bytes: 0, since: None }).collect();
     // (partition, barrier seq) -> (offset, shards that answered, their states).
     let mut barriers: HashMap<(i32, u64), (i64, u64, Vec<pb::InstrumentState>)> = HashMap::new();
     let linger = config.output.linger.get();
@@ -233,24 +260,20 @@ pub async fn output(
         };
         match received {
             Output::Candles { instrument, events } => {
-                let value = wick_wire::encode_candle_batch(&instrument, &events);
+                let batch = wick_wire::candle_batch_to_wire(&instrument, &events);
                 let p = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions) as usize;
                 let slot = &mut pending[p];
-                slot.bytes += value.len() + instrument.as_str().len() + 64;
+                slot.bytes += batch.encoded_len() + 8;
                 slot.since.get_or_insert_with(Instant::now);
-                let mut headers = BTreeMap::new();
-                headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_PROTOBUF.as_bytes().to_vec());
-                slot.records.push(Record {
-                    key: Some(instrument.as_str().as_bytes().to_vec()),
-                    value: Some(value),
-                    headers,
-                    timestamp: chrono::Utc::now(),
-                });
+                slot.batches.push(batch);
                 if slot.bytes >= config.output.max_request_bytes {
-                    let batch = std::mem::replace(slot, new_pending());
-                    let count = batch.records.len() as u64;
-                    produce_acknowledged(&candles[p], batch.records, &shutdown, &metrics).await?;
-                    metrics.records_produced.inc_by(count);
+                    let since = slot.since;
+                    let record = slot.take_record();
+                    produce_acknowledged(&candles[p], vec![record], &shutdown, &metrics).await?;
+                    metrics.records_produced.inc();
+                    if let Some(since) = since {
+                        metrics.hop_seconds.with_label_values(&["output_to_ack"]).observe(since.elapsed().as_secs_f64());
+                    }
                 }
             }
             Output::DeadLetter { value, reason, partition, offset } => {
@@ -286,20 +309,23 @@ async fn flush(
     metrics: &Metrics,
 ) -> Result<()> {
     let mut requests = Vec::new();
+    let mut oldest: Option<Instant> = None;
     for (p, slot) in pending.iter_mut().enumerate() {
         let due = slot.since.is_some_and(|t| linger.is_none_or(|l| t.elapsed() >= l));
-        if due && !slot.records.is_empty() {
-            let records = std::mem::take(&mut slot.records);
-            slot.bytes = 0;
-            slot.since = None;
-            metrics.records_produced.inc_by(records.len() as u64);
-            requests.push(produce_acknowledged(&candles[p], records, shutdown, metrics));
+        if due && !slot.batches.is_empty() {
+            oldest = oldest.min(slot.since).or(slot.since);
+            let record = slot.take_record();
+            metrics.records_produced.inc();
+            requests.push(produce_acknowledged(&candles[p], vec![record], shutdown, metrics));
         } else if due {
             slot.since = None;
         }
     }
     for result in futures_util::future::join_all(requests).await {
         result?;
+    }
+    if let Some(oldest) = oldest {
+        metrics.hop_seconds.with_label_values(&["output_to_ack"]).observe(oldest.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -520,6 +546,7 @@ impl Fetcher {
         let mut backoff = backoff();
         let partition_label = self.partition.to_string();
         let partitions = self.config.kafka.market_events_partitions;
+        let publish_to_fetch = self.metrics.hop_seconds.with_label_values(&["publish_to_fetch"]);
         let future_tolerance = i64::try_from(self.config.aggregation.future_tolerance.get().as_micros()).unwrap_or(i64::MAX);
         loop {
             let started = Instant::now();
@@ -549,7 +576,8 @@ impl Fetcher {
                 }
             };
             self.readiness.set(true);
-            self.metrics.poll_seconds.observe(started.elapsed().as_secs_f64());
+            let fetched = Instant::now();
+            self.metrics.poll_seconds.observe(fetched.duration_since(started).as_secs_f64());
             let mut consumed = 0u64;
             let mut trades = Vec::new();
             // One clock reading per fetch: the reference of the future check and the receive time
@@ -560,64 +588,77 @@ impl Fetcher {
                     continue;
                 }
                 consumed += 1;
+                publish_to_fetch.observe((now.as_micros() - r.record.timestamp.timestamp_micros()).max(0) as f64 / 1e6);
                 let raw = r.record.value.unwrap_or_default();
-                let json = r
-                    .record
-                    .headers
-                    .get(wick_wire::CONTENT_TYPE_HEADER)
-                    .is_some_and(|v| v.as_slice() == wick_wire::CONTENT_TYPE_JSON.as_bytes());
-                let decoded = if json {
-                    wick_wire::decode_json_trade(&raw, now).map(|t| (t.instrument().clone(), vec![Ok(t)]))
-                } else {
-                    wick_wire::decode_trade_batch_each(&raw)
-                };
-                // An instrument belongs to the partition its key hashes to: trades published elsewhere
-                // (a client without the key) would be aggregated beside the owner's state.
-                let decoded = decoded.map_err(|e| (e.reason(), e.to_string())).and_then(|(instrument, batch)| {
-                    let owner = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions);
-                    if owner == self.partition {
-                        Ok(batch)
-                    } else {
-                        Err(("wrong_partition", format!("{instrument} belongs to partition {owner} (records must be keyed by instrument)")))
+                let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+                let parts = match wick_wire::decode_market_record(content_type, &raw, now) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        self.dead_letter(&dlq, raw, e.reason(), &e.to_string(), r.offset, &shutdown).await?;
+                        offset = r.offset + 1;
+                        continue;
                     }
-                });
-                match decoded {
-                    Ok(batch) => {
+                };
+                let whole = parts.len() == 1;
+                for part in parts {
+                    // An instrument belongs to the partition it hashes to: trades published elsewhere
+                    // (a client without the key) would be aggregated beside the owner's state.
+                    let (instrument, batch) = match part {
+                        Ok(part) => part,
+                        Err(refused) => {
+                            let reason = refused.error.reason();
+                            self.dead_letter(&dlq, refused.value, reason, &refused.error.to_string(), r.offset, &shutdown).await?;
+                            continue;
+                        }
+                    };
+                    let owner = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions);
+                    if owner != self.partition {
+                        let detail = format!("{instrument} belongs to partition {owner} (records must be keyed by instrument)");
+                        if whole {
+                            self.dead_letter(&dlq, raw.clone(), "wrong_partition", &detail, r.offset, &shutdown).await?;
+                            continue;
+                        }
+                        // One part of a partition's record: its readable trades go as one letter,
+                        // the others with their own reasons.
+                        let mut misplaced = Vec::new();
                         for item in batch {
                             match item {
-                                // Refused at the door: an event time beyond the clock plus the
-                                // tolerance would move the instrument's watermark into the future
-                                // and make every later trade of it too late.
-                                Ok(t) if t.event_time().as_micros() > now.as_micros().saturating_add(future_tolerance) => {
-                                    let detail = format!(
-                                        "event time {} is more than {:?} after the aggregator's clock ({now})",
-                                        t.event_time(),
-                                        self.config.aggregation.future_tolerance.get()
-                                    );
-                                    self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown)
-                                        .await?;
-                                }
-                                Ok(t) => trades.push((r.offset, t)),
+                                Ok(t) => misplaced.push(t),
                                 Err(refused) => {
-                                    self.dead_letter(
-                                        &dlq,
-                                        refused.value,
-                                        refused.error.reason(),
-                                        &refused.error.to_string(),
-                                        r.offset,
-                                        &shutdown,
-                                    )
-                                    .await?;
+                                    let reason = refused.error.reason();
+                                    self.dead_letter(&dlq, refused.value, reason, &refused.error.to_string(), r.offset, &shutdown).await?;
                                 }
                             }
                         }
+                        let value = wick_wire::encode_trade_batch(&instrument, "", &misplaced);
+                        self.dead_letter(&dlq, value, "wrong_partition", &detail, r.offset, &shutdown).await?;
+                        continue;
                     }
-                    Err((reason, detail)) => self.dead_letter(&dlq, raw, reason, &detail, r.offset, &shutdown).await?,
+                    for item in batch {
+                        match item {
+                            // Refused at the door: an event time beyond the clock plus the
+                            // tolerance would move the instrument's watermark into the future
+                            // and make every later trade of it too late.
+                            Ok(t) if t.event_time().as_micros() > now.as_micros().saturating_add(future_tolerance) => {
+                                let detail = format!(
+                                    "event time {} is more than {:?} after the aggregator's clock ({now})",
+                                    t.event_time(),
+                                    self.config.aggregation.future_tolerance.get()
+                                );
+                                self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown).await?;
+                            }
+                            Ok(t) => trades.push((r.offset, t)),
+                            Err(refused) => {
+                                let reason = refused.error.reason();
+                                self.dead_letter(&dlq, refused.value, reason, &refused.error.to_string(), r.offset, &shutdown).await?;
+                            }
+                        }
+                    }
                 }
                 offset = r.offset + 1;
                 if trades.len() >= c.max_poll_records {
                     self.metrics.trades_consumed.inc_by(trades.len() as u64);
-                    if tx.send(Input::Trades { partition: self.partition, trades: std::mem::take(&mut trades) }).await.is_err() {
+                    if tx.send(Input::Trades { partition: self.partition, trades: std::mem::take(&mut trades), fetched }).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -626,7 +667,7 @@ impl Fetcher {
             self.metrics.trades_consumed.inc_by(trades.len() as u64);
             self.metrics.lag.with_label_values(&[&partition_label]).set(wick_kafka::lag(high_watermark, offset));
             let fetched_any = consumed > 0;
-            if !trades.is_empty() && tx.send(Input::Trades { partition: self.partition, trades }).await.is_err() {
+            if !trades.is_empty() && tx.send(Input::Trades { partition: self.partition, trades, fetched }).await.is_err() {
                 return Ok(());
             }
             // After the trades are in the channel, so that a tick proving the partition caught up

@@ -72,35 +72,54 @@ fn trade(instrument: &Instrument, id: u64, at_us: i64, price: &str, qty: &str, s
     Trade::new(instrument.clone(), id, price.parse().unwrap(), qty.parse().unwrap(), side, t, t).unwrap()
 }
 
-/// Produces trades in order as `TradeBatch` records of up to `per_record` trades of one
-/// instrument, each on the instrument's partition (Kafka's murmur2, as feed-publisher does).
+/// Produces trades in order as feed-publisher does: records of up to `per_record` trades of one
+/// partition (Kafka's murmur2 of each instrument), each a `TradeBatches` of one batch per instrument.
 async fn produce(topic: &str, trades: &[Trade], per_record: usize) {
     produce_to(&wick_test_support::kafka().await, topic, trades, per_record).await
 }
 
 async fn produce_to(client: &rskafka::client::Client, topic: &str, trades: &[Trade], per_record: usize) {
-    let mut by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut run: Vec<Trade> = Vec::new();
-    let mut push = |run: &mut Vec<Trade>| {
-        if let Some(first) = run.first() {
-            let i = first.instrument().clone();
-            let p = wick_kafka::partitioner::partition_for(i.as_str().as_bytes(), PARTITIONS);
-            by_partition.entry(p).or_default().push(wick_wire::encode_trade_batch(&i, "X", run));
-            run.clear();
-        }
-    };
+    let mut by_partition: BTreeMap<i32, Vec<Trade>> = BTreeMap::new();
     for t in trades {
-        if run.len() >= per_record || run.first().is_some_and(|f| f.instrument() != t.instrument()) {
-            push(&mut run);
-        }
-        run.push(t.clone());
+        by_partition
+            .entry(wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), PARTITIONS))
+            .or_default()
+            .push(t.clone());
     }
-    push(&mut run);
-    for (p, values) in by_partition {
-        let pc = wick_test_support::partition(client, topic, p).await;
-        for chunk in values.chunks(100) {
-            wick_test_support::produce(&pc, chunk.to_vec()).await;
+    for (p, trades) in by_partition {
+        let mut records = Vec::new();
+        for chunk in trades.chunks(per_record) {
+            let mut batches: Vec<(Instrument, Vec<Trade>)> = Vec::new();
+            for t in chunk {
+                match batches.iter_mut().find(|(i, _)| i.same_as(t.instrument())) {
+                    Some((_, run)) => run.push(t.clone()),
+                    None => batches.push((t.instrument().clone(), vec![t.clone()])),
+                }
+            }
+            let value =
+                wick_wire::encode_trade_batches(batches.iter().map(|(i, run)| wick_wire::trade_batch_to_wire(i, "X", run)).collect());
+            records.push(rskafka::record::Record {
+                key: None,
+                value: Some(value),
+                headers: [(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_TRADE_BATCHES.as_bytes().to_vec())].into(),
+                timestamp: chrono::Utc::now(),
+            });
         }
+        let pc = wick_test_support::partition(client, topic, p).await;
+        for chunk in records.chunks(100) {
+            pc.produce(chunk.to_vec(), rskafka::client::partition::Compression::NoCompression).await.unwrap();
+        }
+    }
+}
+
+/// Produces trades as single-instrument `TradeBatch` records (the first format, still accepted).
+async fn produce_single_batches(topic: &str, trades: &[Trade]) {
+    let client = wick_test_support::kafka().await;
+    for t in trades {
+        let p = wick_kafka::partitioner::partition_for(t.instrument().as_str().as_bytes(), PARTITIONS);
+        let pc = wick_test_support::partition(&client, topic, p).await;
+        let value = wick_wire::encode_trade_batch(t.instrument(), "X", std::slice::from_ref(t));
+        wick_test_support::produce(&pc, vec![value]).await;
     }
 }
 
@@ -119,8 +138,10 @@ async fn published_from(
         let pc = wick_test_support::partition(client, topic, p).await;
         let (records, _) = wick_test_support::read_to_end(&pc, 0, Duration::from_secs(30)).await.unwrap();
         for r in records {
-            let (_, events) = wick_wire::decode_candle_batch(r.record.value.as_deref().unwrap()).unwrap();
-            for (kind, c) in events {
+            let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+            assert_eq!(content_type, Some(wick_wire::CONTENT_TYPE_CANDLE_BATCHES.as_bytes()), "one record per partition");
+            let parts = wick_wire::candles_of_record(content_type, r.record.value.as_deref().unwrap()).unwrap();
+            for (kind, c) in parts.into_iter().flat_map(|(_, events)| events) {
                 *kinds
                     .entry(match kind {
                         CandleEventKind::Update => "update",
@@ -555,8 +576,26 @@ async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_change
     ];
     produce(&env.market, &first.concat(), 200).await;
     pc.produce(hostile.iter().map(|h| json(h)).collect(), rskafka::client::partition::Compression::NoCompression).await.unwrap();
+    // A partition's record with a part of an instrument of another partition and a part whose
+    // instrument is not one: each refused alone.
+    let elsewhere = ["BINANCE:ETH-USDT", "BINANCE:SOL-USDT", "COINBASE:BTC-USD", "KRAKEN:XBT-USD"]
+        .into_iter()
+        .map(instrument)
+        .find(|i| wick_kafka::partitioner::partition_for(i.as_str().as_bytes(), PARTITIONS) != partition)
+        .unwrap();
+    let at = first[0][1_499].event_time();
+    let stray = Trade::new(elsewhere.clone(), 900_004, "5".parse().unwrap(), "1".parse().unwrap(), TakerSide::Buy, at, at).unwrap();
+    let mut nameless = wick_wire::trade_batch_to_wire(&btc, "X", std::slice::from_ref(&stray));
+    nameless.instrument = "no instrument".into();
+    let mixed =
+        wick_wire::encode_trade_batches(vec![wick_wire::trade_batch_to_wire(&elsewhere, "X", std::slice::from_ref(&stray)), nameless]);
+    let mut record = json("");
+    record.value = Some(mixed);
+    record.headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_TRADE_BATCHES.as_bytes().to_vec());
+    pc.produce(vec![record], rskafka::client::partition::Compression::NoCompression).await.unwrap();
     produce(&env.market, &second.concat(), 200).await;
-    produce(&env.market, &sentinels, 10).await;
+    // The sentinels in the first format: records written before partition batches still count.
+    produce_single_batches(&env.market, &sentinels).await;
     let running = start(config(&env), Arc::new(SystemClock));
     let mut counted: Vec<Trade> = first.concat();
     counted.extend(second.concat());
@@ -566,8 +605,8 @@ async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_change
     let metrics = running.stop().await;
     let mut reasons: Vec<String> = dead_letters(&env).await.into_iter().map(|(r, _)| r).collect();
     reasons.sort();
-    assert_eq!(reasons, ["bad_time", "future", "too_precise"]);
-    for reason in ["bad_time", "future", "too_precise"] {
+    assert_eq!(reasons, ["bad_time", "future", "malformed", "too_precise", "wrong_partition"]);
+    for reason in ["bad_time", "future", "malformed", "too_precise", "wrong_partition"] {
         assert_eq!(metrics.dead_letters.with_label_values(&[reason]).get(), 1, "{reason} counted");
     }
     assert_eq!((metrics.too_late.get(), metrics.late.get(), metrics.aggregation_errors.get()), (0, 0, 0));

@@ -285,8 +285,20 @@ impl Reader {
                     continue;
                 }
                 let raw = r.record.value.unwrap_or_default();
-                match wick_wire::decode_candle_batch(&raw) {
-                    Ok((_, events)) => candles.extend(events.into_iter().map(|(_, c)| c)),
+                let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+                match wick_wire::decode_candle_record(content_type, &raw) {
+                    Ok(parts) => {
+                        for part in parts {
+                            match part {
+                                Ok((_, events)) => candles.extend(events.into_iter().map(|(_, c)| c)),
+                                // One instrument's part is refused alone; the others are stored.
+                                Err(refused) => {
+                                    self.dead_letter(&dlq, refused.value, &refused.error.to_string(), r.offset, &shutdown).await?;
+                                    dead_letters += 1;
+                                }
+                            }
+                        }
+                    }
                     Err(e) => {
                         self.dead_letter(&dlq, raw, &e.to_string(), r.offset, &shutdown).await?;
                         dead_letters += 1;

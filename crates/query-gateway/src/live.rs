@@ -17,7 +17,7 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::client::Client;
 use tokio::sync::{mpsc, Notify};
-use wick_core::{Candle, Instrument, Interval};
+use wick_core::{Candle, Clock, Instrument, Interval};
 use wick_service::backoff::Backoff;
 use wick_service::shutdown::Shutdown;
 use wick_wire::CandleEventKind;
@@ -33,11 +33,17 @@ pub struct Pushed {
     pub kind: CandleEventKind,
     pub candle: Candle,
     json: OnceLock<String>,
+    /// When the fetch that read it returned (the latency budget's `fetch_to_send`).
+    pub fetched: std::time::Instant,
 }
 
 impl Pushed {
     pub fn new(kind: CandleEventKind, candle: Candle) -> Pushed {
-        Pushed { kind, candle, json: OnceLock::new() }
+        Pushed::fetched_at(kind, candle, std::time::Instant::now())
+    }
+
+    pub fn fetched_at(kind: CandleEventKind, candle: Candle, fetched: std::time::Instant) -> Pushed {
+        Pushed { kind, candle, json: OnceLock::new(), fetched }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -254,6 +260,7 @@ impl Consumer {
     ) {
         let max_wait = i32::try_from(self.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let publish_to_fetch = self.metrics.hop_seconds.with_label_values(&["publish_to_fetch"]);
         loop {
             let fetched = tokio::select! {
                 r = client.fetch_records(offset, 1..self.fetch_max_bytes, max_wait) => r,
@@ -278,20 +285,34 @@ impl Consumer {
                 }
             };
             backoff.reset();
+            let fetched = std::time::Instant::now();
+            let now_us = wick_core::SystemClock.now().as_micros();
             let mut events = 0;
             for r in records {
                 if r.offset < offset {
                     continue;
                 }
                 offset = r.offset + 1;
+                publish_to_fetch.observe((now_us - r.record.timestamp.timestamp_micros()).max(0) as f64 / 1e6);
                 let raw = r.record.value.unwrap_or_default();
-                match wick_wire::decode_candle_batch(&raw) {
-                    Ok((_, batch)) => {
-                        for (kind, candle) in batch {
-                            events += 1;
-                            self.read.apply_live(&candle, partition, r.offset);
-                            if r.offset >= push_from {
-                                self.hub.publish(Arc::new(Pushed::new(kind, candle)));
+                let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+                match wick_wire::decode_candle_record(content_type, &raw) {
+                    Ok(parts) => {
+                        for part in parts {
+                            let batch = match part {
+                                Ok((_, batch)) => batch,
+                                Err(refused) => {
+                                    self.metrics.dead_letters.inc();
+                                    tracing::debug!(partition, offset = r.offset, error = %refused.error, "skipping a part that is not a candle batch");
+                                    continue;
+                                }
+                            };
+                            for (kind, candle) in batch {
+                                events += 1;
+                                self.read.apply_live(&candle, partition, r.offset);
+                                if r.offset >= push_from {
+                                    self.hub.publish(Arc::new(Pushed::fetched_at(kind, candle, fetched)));
+                                }
                             }
                         }
                     }

@@ -10,6 +10,8 @@ pub struct Metrics {
     /// Requests by API (rest, binance, grpc, ws), route and status.
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
+    /// The latency budget's hops through the gateway (see `new`).
+    pub hop_seconds: HistogramVec,
     pub l1_hits: IntCounter,
     pub l1_misses: IntCounter,
     pub l1_entries: IntGauge,
@@ -42,6 +44,15 @@ impl Metrics {
                 "Request latency by API and route.",
                 &["api", "route"],
                 0.00005,
+                2.0,
+                18,
+            ),
+            hop_seconds: histogram_vec(
+                "wick_gateway_hop_seconds",
+                "Latency budget by hop: publish_to_fetch (a candles-completed record's timestamp to the fetch that returned it), fetch_to_send \
+                 (that fetch to the candle event written to a WebSocket client).",
+                &["hop"],
+                0.0001,
                 2.0,
                 18,
             ),
@@ -84,6 +95,7 @@ impl Metrics {
         vec![
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
+            Box::new(self.hop_seconds.clone()),
             Box::new(self.l1_hits.clone()),
             Box::new(self.l1_misses.clone()),
             Box::new(self.l1_entries.clone()),

@@ -653,6 +653,7 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     let mut sub = gw.hub.subscriber();
     let state = sub.state.clone();
+    let fetch_to_send = gw.metrics.hop_seconds.with_label_values(&["fetch_to_send"]);
     let close = loop {
         tokio::select! {
             incoming = rx.next() => {
@@ -682,7 +683,10 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
                 // A client that stops reading blocks this send once the socket buffers fill: its
                 // queue then fills, the hub drops it, and the connection is closed here.
                 tokio::select! {
-                    sent = tx.send(Message::text(event.json())) => if sent.is_err() { break None },
+                    sent = tx.send(Message::text(event.json())) => {
+                        if sent.is_err() { break None }
+                        fetch_to_send.observe(event.fetched.elapsed().as_secs_f64());
+                    }
                     _ = state.dropped() => break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", sub.buffer())),
                 }
             }

@@ -1,9 +1,16 @@
 //! Wick's wire formats and their conversions to and from the `wick-core` model.
 //!
-//! - `market-events`: one record is a protobuf [`pb::TradeBatch`] (the trades of one instrument), or
-//!   a single trade as JSON when the record's `content-type` header is `application/json`, so plain
-//!   Kafka clients can publish ([`decode_json_trade`]).
-//! - `candles-completed`: one record is a [`pb::CandleBatch`] (the candle events of one instrument).
+//! - `market-events`: one record is a protobuf [`pb::TradeBatches`] (the trades of every instrument
+//!   of one partition, content type [`CONTENT_TYPE_TRADE_BATCHES`]: what feed-publisher writes), a
+//!   [`pb::TradeBatch`] (the trades of one instrument, content type [`CONTENT_TYPE_PROTOBUF`] or no
+//!   header), or a single trade as JSON (content type [`CONTENT_TYPE_JSON`]), so that plain Kafka
+//!   clients can publish ([`decode_json_trade`]). [`decode_market_record`] reads all three.
+//! - `candles-completed`: one record is a [`pb::CandleBatches`] (the candle events of every
+//!   instrument of one partition: what ingest-aggregator writes) or a [`pb::CandleBatch`] (one
+//!   instrument's); [`decode_candle_record`] reads both.
+//!
+//! A record per partition rather than per instrument keeps the broker's record count independent
+//! of the number of instruments: brokers are bound by records per second as much as by bytes.
 //!
 //! Decoding validates everything through the model's checked constructors; a record that does not
 //! describe valid trades or candles is an error that says what is wrong, for the dead-letter topic.
@@ -23,6 +30,10 @@ pub mod pb {
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+/// A `market-events` record holding a [`pb::TradeBatches`].
+pub const CONTENT_TYPE_TRADE_BATCHES: &str = "application/x-protobuf; proto=wick.v1.TradeBatches";
+/// A `candles-completed` record holding a [`pb::CandleBatches`].
+pub const CONTENT_TYPE_CANDLE_BATCHES: &str = "application/x-protobuf; proto=wick.v1.CandleBatches";
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,12 +140,7 @@ pub fn trade_from_wire(t: &pb::Trade, instrument: &Instrument) -> Result<Trade, 
 
 /// Encodes the trades of one instrument as one `market-events` record value.
 pub fn encode_trade_batch(instrument: &Instrument, exchange_symbol: &str, trades: &[Trade]) -> Vec<u8> {
-    pb::TradeBatch {
-        instrument: instrument.to_string(),
-        exchange_symbol: exchange_symbol.to_owned(),
-        trades: trades.iter().map(|t| trade_to_wire(t, false)).collect(),
-    }
-    .encode_to_vec()
+    trade_batch_to_wire(instrument, exchange_symbol, trades).encode_to_vec()
 }
 
 /// Decodes every item of a batch; the first failure names the item's index.
@@ -174,6 +180,11 @@ pub struct RefusedTrade {
 /// is an error, but one bad trade in a readable batch is refused alone and the others go on.
 pub fn decode_trade_batch_each(bytes: &[u8]) -> Result<(Instrument, Vec<Result<Trade, RefusedTrade>>), WireError> {
     let batch = pb::TradeBatch::decode(bytes).map_err(|e| WireError::Protobuf { message: "TradeBatch", reason: e.to_string() })?;
+    trade_batch_each(&batch)
+}
+
+/// A decoded `TradeBatch`, trade by trade; an invalid instrument is an error of the whole batch.
+fn trade_batch_each(batch: &pb::TradeBatch) -> Result<(Instrument, Vec<Result<Trade, RefusedTrade>>), WireError> {
     let instrument = Instrument::new(&batch.instrument).map_err(|e| invalid("instrument", e))?;
     let trades = batch
         .trades
@@ -342,26 +353,17 @@ pub fn candle_from_wire(c: &pb::Candle) -> Result<Candle, WireError> {
 
 /// Encodes the candle events of one instrument as one `candles-completed` record value.
 pub fn encode_candle_batch(instrument: &Instrument, events: &[(CandleEventKind, Candle)]) -> Vec<u8> {
-    pb::CandleBatch {
-        instrument: instrument.to_string(),
-        events: events
-            .iter()
-            .map(|(kind, candle)| pb::CandleEvent {
-                kind: match kind {
-                    CandleEventKind::Update => pb::CandleEventKind::Update,
-                    CandleEventKind::Final => pb::CandleEventKind::Final,
-                    CandleEventKind::Revision => pb::CandleEventKind::Revision,
-                } as i32,
-                candle: Some(candle_to_wire(candle)),
-            })
-            .collect(),
-    }
-    .encode_to_vec()
+    candle_batch_to_wire(instrument, events).encode_to_vec()
 }
 
-/// Decodes a `candles-completed` record.
+/// Decodes a `candles-completed` record of the single-instrument format (a `CandleBatch`).
 pub fn decode_candle_batch(bytes: &[u8]) -> Result<(Instrument, Vec<(CandleEventKind, Candle)>), WireError> {
     let batch = pb::CandleBatch::decode(bytes).map_err(|e| WireError::Protobuf { message: "CandleBatch", reason: e.to_string() })?;
+    candle_batch_from_wire(&batch)
+}
+
+/// A decoded `CandleBatch`: every event must be valid and of the batch's instrument.
+fn candle_batch_from_wire(batch: &pb::CandleBatch) -> Result<(Instrument, Vec<(CandleEventKind, Candle)>), WireError> {
     let instrument = Instrument::new(&batch.instrument).map_err(|e| invalid("instrument", e))?;
     let events = each_in_batch(&batch.events, |e| {
         let kind = match pb::CandleEventKind::try_from(e.kind) {
@@ -377,4 +379,154 @@ pub fn decode_candle_batch(bytes: &[u8]) -> Result<(Instrument, Vec<(CandleEvent
         Ok((kind, candle))
     })?;
     Ok((instrument, events))
+}
+
+/// The candle events of one instrument as its part of a `candles-completed` record.
+pub fn candle_batch_to_wire(instrument: &Instrument, events: &[(CandleEventKind, Candle)]) -> pb::CandleBatch {
+    pb::CandleBatch {
+        instrument: instrument.to_string(),
+        events: events
+            .iter()
+            .map(|(kind, candle)| pb::CandleEvent {
+                kind: match kind {
+                    CandleEventKind::Update => pb::CandleEventKind::Update,
+                    CandleEventKind::Final => pb::CandleEventKind::Final,
+                    CandleEventKind::Revision => pb::CandleEventKind::Revision,
+                } as i32,
+                candle: Some(candle_to_wire(candle)),
+            })
+            .collect(),
+    }
+}
+
+/// The trades of one instrument as its part of a `market-events` record.
+pub fn trade_batch_to_wire(instrument: &Instrument, exchange_symbol: &str, trades: &[Trade]) -> pb::TradeBatch {
+    pb::TradeBatch {
+        instrument: instrument.to_string(),
+        exchange_symbol: exchange_symbol.to_owned(),
+        trades: trades.iter().map(|t| trade_to_wire(t, false)).collect(),
+    }
+}
+
+/// What a record holds, by its `content-type` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// One instrument's batch (`application/x-protobuf`, or no header: the first format).
+    Batch,
+    /// The batches of a partition (`application/x-protobuf; proto=...Batches`).
+    Batches,
+    /// One JSON trade (`application/json`).
+    Json,
+}
+
+fn format_of(content_type: Option<&[u8]>, batches: &str, json: bool) -> Result<Format, WireError> {
+    let Some(raw) = content_type else { return Ok(Format::Batch) };
+    let value = std::str::from_utf8(raw).map_err(|_| invalid("content-type", "is not UTF-8"))?.trim();
+    if value.eq_ignore_ascii_case(CONTENT_TYPE_PROTOBUF) {
+        Ok(Format::Batch)
+    } else if value == batches {
+        Ok(Format::Batches)
+    } else if json && value.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
+        Ok(Format::Json)
+    } else {
+        let accepted = if json {
+            format!("{CONTENT_TYPE_PROTOBUF}, {batches} or {CONTENT_TYPE_JSON}")
+        } else {
+            format!("{CONTENT_TYPE_PROTOBUF} or {batches}")
+        };
+        Err(invalid("content-type", format!("{value:?} is not one of {accepted}")))
+    }
+}
+
+/// One instrument's part of a record that was refused as a whole (its instrument is not valid, or
+/// it sits on the wrong partition), for the dead-letter topic: `value` is the part alone, as a
+/// record of the single-instrument format (a `TradeBatch` or `CandleBatch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedPart {
+    pub error: WireError,
+    pub value: Vec<u8>,
+}
+
+/// One instrument's trades in a `market-events` record, each decoded on its own.
+pub type TradePart = Result<(Instrument, Vec<Result<Trade, RefusedTrade>>), RefusedPart>;
+
+/// Decodes a `market-events` record of any of its formats, trade by trade: a record that cannot be
+/// read at all is an error (the whole record goes to the dead-letter topic); otherwise each
+/// instrument's part and each trade in it stands or falls alone. `received` is the receive time of
+/// a JSON trade that carries none.
+pub fn decode_market_record(content_type: Option<&[u8]>, value: &[u8], received: Timestamp) -> Result<Vec<TradePart>, WireError> {
+    match format_of(content_type, CONTENT_TYPE_TRADE_BATCHES, true)? {
+        Format::Json => {
+            let trade = decode_json_trade(value, received)?;
+            Ok(vec![Ok((trade.instrument().clone(), vec![Ok(trade)]))])
+        }
+        Format::Batch => Ok(vec![Ok(decode_trade_batch_each(value)?)]),
+        Format::Batches => {
+            let batches =
+                pb::TradeBatches::decode(value).map_err(|e| WireError::Protobuf { message: "TradeBatches", reason: e.to_string() })?;
+            Ok(batches
+                .batches
+                .into_iter()
+                .map(|batch| trade_batch_each(&batch).map_err(|error| RefusedPart { error, value: batch.encode_to_vec() }))
+                .collect())
+        }
+    }
+}
+
+/// Every trade of a `market-events` record, all or nothing: for clients and tests that read the
+/// topic and want the first problem as an error.
+pub fn trades_of_record(
+    content_type: Option<&[u8]>,
+    value: &[u8],
+    received: Timestamp,
+) -> Result<Vec<(Instrument, Vec<Trade>)>, WireError> {
+    decode_market_record(content_type, value, received)?
+        .into_iter()
+        .map(|part| {
+            let (instrument, trades) = part.map_err(|p| p.error)?;
+            let trades = trades.into_iter().map(|t| t.map_err(|r| r.error)).collect::<Result<Vec<_>, _>>()?;
+            Ok((instrument, trades))
+        })
+        .collect()
+}
+
+/// The candle events of one instrument, in order.
+pub type InstrumentEvents = (Instrument, Vec<(CandleEventKind, Candle)>);
+
+/// One instrument's candle events in a `candles-completed` record.
+pub type CandlePart = Result<InstrumentEvents, RefusedPart>;
+
+/// Decodes a `candles-completed` record of either format: a record that cannot be read at all is
+/// an error; otherwise each instrument's part stands or falls alone.
+pub fn decode_candle_record(content_type: Option<&[u8]>, value: &[u8]) -> Result<Vec<CandlePart>, WireError> {
+    match format_of(content_type, CONTENT_TYPE_CANDLE_BATCHES, false)? {
+        Format::Batch | Format::Json => Ok(vec![Ok(decode_candle_batch(value)?)]),
+        Format::Batches => {
+            let batches =
+                pb::CandleBatches::decode(value).map_err(|e| WireError::Protobuf { message: "CandleBatches", reason: e.to_string() })?;
+            Ok(batches
+                .batches
+                .into_iter()
+                .map(|batch| candle_batch_from_wire(&batch).map_err(|error| RefusedPart { error, value: batch.encode_to_vec() }))
+                .collect())
+        }
+    }
+}
+
+/// Every candle event of a `candles-completed` record, all or nothing.
+pub fn candles_of_record(
+    content_type: Option<&[u8]>,
+    value: &[u8],
+) -> Result<Vec<InstrumentEvents>, WireError> {
+    decode_candle_record(content_type, value)?.into_iter().map(|part| part.map_err(|p| p.error)).collect()
+}
+
+/// The value of a `market-events` record of a partition's batches ([`CONTENT_TYPE_TRADE_BATCHES`]).
+pub fn encode_trade_batches(batches: Vec<pb::TradeBatch>) -> Vec<u8> {
+    pb::TradeBatches { batches }.encode_to_vec()
+}
+
+/// The value of a `candles-completed` record of a partition's batches ([`CONTENT_TYPE_CANDLE_BATCHES`]).
+pub fn encode_candle_batches(batches: Vec<pb::CandleBatch>) -> Vec<u8> {
+    pb::CandleBatches { batches }.encode_to_vec()
 }

@@ -118,7 +118,15 @@ async fn published(market: &str, instrument: &str) -> Vec<wick_core::Trade> {
     let client = wick_test_support::kafka().await;
     let p = wick_test_support::partition(&client, market, wick_kafka::partitioner::partition_for(instrument.as_bytes(), 16)).await;
     let (records, _) = wick_test_support::read_to_end(&p, 0, Duration::from_secs(10)).await.unwrap();
-    records.iter().flat_map(|r| wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap().1).collect()
+    records
+        .iter()
+        .flat_map(|r| {
+            let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
+            wick_wire::trades_of_record(content_type, r.record.value.as_deref().unwrap(), wick_core::Timestamp::MIN).unwrap()
+        })
+        .filter(|(i, _)| i.as_str() == instrument)
+        .flat_map(|(_, trades)| trades)
+        .collect()
 }
 
 fn coinbase_match(kind: &str, id: u64, price: &str, maker_side: &str) -> String {

@@ -41,7 +41,8 @@ async fn start(t: &Topics) -> (Arc<dyn Clock>, Producer, ShutdownTrigger, Shutdo
     (clock, producer, trigger, shutdown)
 }
 
-/// Every trade on the topic, by instrument in offset order, checking keys and partitions.
+/// Every trade on the topic, by instrument in offset order, checking that each record is one
+/// partition's batches, every instrument on Kafka's partition for its key, at most once a record.
 async fn read_trades(topic: &str) -> BTreeMap<String, Vec<Trade>> {
     let client = wick_test_support::kafka().await;
     let mut out: BTreeMap<String, Vec<Trade>> = BTreeMap::new();
@@ -49,12 +50,17 @@ async fn read_trades(topic: &str) -> BTreeMap<String, Vec<Trade>> {
         let partition = wick_test_support::partition(&client, topic, p).await;
         let (records, _) = wick_test_support::read_to_end(&partition, 0, Duration::from_secs(20)).await.unwrap();
         for r in records {
-            let key = String::from_utf8(r.record.key.clone().unwrap()).unwrap();
-            assert_eq!(partition_for(key.as_bytes(), 16), p, "{key} is on Kafka's partition for its key");
-            assert_eq!(r.record.headers.get("content-type").map(Vec::as_slice), Some(&b"application/x-protobuf"[..]));
-            let (instrument, trades) = wick_wire::decode_trade_batch(r.record.value.as_deref().unwrap()).unwrap();
-            assert_eq!(instrument.as_str(), key);
-            out.entry(key).or_default().extend(trades);
+            assert_eq!(r.record.key, None, "a partition's record has no key");
+            let content_type = r.record.headers.get("content-type").map(Vec::as_slice);
+            assert_eq!(content_type, Some(wick_wire::CONTENT_TYPE_TRADE_BATCHES.as_bytes()));
+            let parts = wick_wire::trades_of_record(content_type, r.record.value.as_deref().unwrap(), wick_core::Timestamp::MIN).unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for (instrument, trades) in parts {
+                let key = instrument.as_str().to_owned();
+                assert_eq!(partition_for(key.as_bytes(), 16), p, "{key} is on Kafka's partition for its key");
+                assert!(seen.insert(key.clone()), "{key} appears once in a record");
+                out.entry(key).or_default().extend(trades);
+            }
         }
     }
     out
