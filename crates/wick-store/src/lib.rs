@@ -58,12 +58,15 @@ pub fn connection_problems(url_key: &str, url: &str, schema_key: &str, schema: O
     if let Err(e) = url.parse::<tokio_postgres::Config>() {
         problems.push(format!("{url_key} is not a PostgreSQL connection string: {e}"));
     }
-    let identifier =
-        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit());
     if let Some(schema) = schema.filter(|s| !identifier(s)) {
         problems.push(format!("{schema_key} must be a plain identifier (got {schema:?})"));
     }
     problems
+}
+
+/// A plain SQL identifier (letters, digits and `_`, not starting with a digit): safe to splice.
+fn identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// A connection pool to `url`, with `schema` (if any) on every connection's search path.
@@ -154,9 +157,11 @@ pub async fn migrate(client: &mut Client, settings: &TimescaleSettings) -> Resul
 pub async fn migrate_bookkeeping(client: &mut Client) -> Result<(), StoreError> {
     client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await?;
     let result = async {
+        ensure_schema(client).await?;
         client.batch_execute(BASE).await?;
         client.batch_execute(CHECKPOINTS).await?;
-        client.batch_execute(CACHE_OFFSETS).await
+        client.batch_execute(CACHE_OFFSETS).await?;
+        Ok::<(), StoreError>(())
     }
     .await;
     let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
@@ -168,7 +173,25 @@ pub async fn migrate_bookkeeping(client: &mut Client) -> Result<(), StoreError> 
 /// The advisory lock key of migrations (any constant; "wick" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7769_636b;
 
+/// Creates the schema the connection's search path names first (a service's `schema` setting, see
+/// [`pool`]) when it does not exist yet, so that a deployment of its own needs no manual step.
+/// Runs under the migration lock: services starting together do not race for it.
+async fn ensure_schema(client: &Client) -> Result<(), StoreError> {
+    let row = client.query_one("SELECT current_schema() IS NULL, current_setting('search_path')", &[]).await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(());
+    }
+    let path: String = row.get(1);
+    let first = path.split(',').next().unwrap_or_default().trim().trim_matches('"');
+    if identifier(first) {
+        client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {first}")).await?;
+        tracing::info!(schema = first, "created the schema");
+    }
+    Ok(())
+}
+
 async fn migrate_locked(client: &mut Client, settings: &TimescaleSettings) -> Result<StorageMode, StoreError> {
+    ensure_schema(client).await?;
     client.batch_execute(BASE).await?;
     client.batch_execute(CHECKPOINTS).await?;
     client.batch_execute(CACHE_OFFSETS).await?;

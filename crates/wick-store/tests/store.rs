@@ -277,3 +277,31 @@ async fn schema_and_partitions_created_by_many_at_the_same_moment_never_fail_a_w
         admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_schema_the_setting_names_is_created_when_missing_by_either_service() {
+    let (admin, _schema) = wick_test_support::postgres_schema().await;
+    let url = wick_test_support::postgres_config();
+    for bookkeeping_only in [true, false] {
+        let fresh = wick_test_support::unique_ident("wick_fresh");
+        admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {fresh} CASCADE")).await.unwrap();
+        let pool = wick_store::pool(&url, Some(&fresh), 2).unwrap();
+        let mut db = pool.get().await.unwrap();
+        if bookkeeping_only {
+            wick_store::migrate_bookkeeping(&mut db).await.unwrap();
+        } else {
+            wick_store::migrate(&mut db, &TimescaleSettings::default()).await.unwrap();
+        }
+        let tables: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'aggregator_checkpoints'",
+                &[&fresh],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables, 1, "the bookkeeping tables are in {fresh}");
+        drop(db);
+        admin.batch_execute(&format!("DROP SCHEMA {fresh} CASCADE")).await.unwrap();
+    }
+}
