@@ -125,7 +125,10 @@ async fn main() -> Result<()> {
     let finished = run::finish(producer, summary.as_ref().copied().unwrap_or_default()).await;
     summary?;
     let (summary, stats) = finished?;
-    println!("{summary} ({} records in {} requests, {} dead letters)", stats.records, stats.requests, stats.dead_letters);
+    println!(
+        "{summary} ({} records of {} instrument batches in {} requests, {} dead letters)",
+        stats.records, stats.instrument_batches, stats.requests, stats.dead_letters
+    );
     drop(shutdown);
     service.finish();
     Ok(())

@@ -86,6 +86,9 @@ enum Command {
 pub struct ProducerStats {
     pub trades: u64,
     pub records: u64,
+    /// One per instrument in each record: the records a producer of one record per instrument
+    /// (Wick's first format) would have written for the same linger windows.
+    pub instrument_batches: u64,
     pub requests: u64,
     pub dead_letters: u64,
 }
@@ -305,6 +308,7 @@ async fn send(
         batches.push(wick_wire::trade_batch_to_wire(&instrument, &symbol, &trades));
     }
     metrics.instruments_per_record.observe(batches.len() as f64);
+    stats.instrument_batches += batches.len() as u64;
     let mut headers = BTreeMap::new();
     headers.insert(wick_wire::CONTENT_TYPE_HEADER.to_owned(), wick_wire::CONTENT_TYPE_TRADE_BATCHES.as_bytes().to_vec());
     // No key: the record holds several instruments, and is produced to their partition explicitly.
