@@ -175,7 +175,7 @@ impl Default for RingConfig {
         RingConfig {
             buffer_size: 8192,
             wait_strategy: "phased".into(),
-            phased_spin: Duration::from_micros(20),
+            phased_spin: Duration::from_micros(2),
             phased_yield: Duration::from_micros(200),
             num_consumers: 0,
         }
@@ -324,7 +324,7 @@ mod tests {
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         assert_eq!((c.ring.buffer_size, c.ring.num_consumers, c.consumer.max_poll_records), (8192, 0, 500));
         assert_eq!(c.intervals().len(), 16);
-        assert_eq!(c.wait_strategy(), WaitStrategy::default(), "the ring's default, phased 20us/200us");
+        assert_eq!(c.wait_strategy(), WaitStrategy::default(), "the ring's default, phased 2us/200us");
     }
 
     fn load(env: &[(&str, &str)]) -> anyhow::Result<Config> {
@@ -335,7 +335,7 @@ mod tests {
     fn every_wait_strategy_is_configurable() {
         let us = std::time::Duration::from_micros;
         for (name, expected) in [
-            ("phased", WaitStrategy::Phased { spin_for: us(20), yield_for: us(200) }),
+            ("phased", WaitStrategy::Phased { spin_for: us(2), yield_for: us(200) }),
             ("yielding", WaitStrategy::Yielding),
             ("busy-spin", WaitStrategy::BusySpin),
             ("blocking", WaitStrategy::Blocking),
