@@ -69,8 +69,6 @@ impl Deployment {
                     .env("WICK__KAFKA__MARKET_EVENTS_PARTITIONS", "4")
                     .env("WICK__KAFKA__CANDLES_TOPIC", &self.candles)
                     .env("WICK__KAFKA__DEAD_LETTER_TOPIC", format!("{}-dlq", self.market))
-                    .env("WICK__RING__WAIT_STRATEGY", "blocking")
-                    .env("WICK__RING__NUM_CONSUMERS", "1")
                     .env("WICK__CHECKPOINT__DATABASE_URL", &database);
             }
             "persistence-writer" => {

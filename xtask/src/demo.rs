@@ -98,7 +98,8 @@ impl Deployment {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
     }
 
-    /// The environment of `service`: the deployment's names, and settings for a 2-core machine.
+    /// The environment of `service`: the deployment's names (the ring keeps its defaults: phased
+    /// waiting and one shard per core leave an idle machine idle).
     fn env(&self, service: &str) -> Vec<(String, String)> {
         let index = SERVICES.iter().position(|s| *s == service).unwrap_or(0);
         let mut env =
@@ -116,9 +117,6 @@ impl Deployment {
                 set("WICK__CHECKPOINT__DATABASE_URL", self.database_url());
                 // The history is published before the aggregator reads it.
                 set("WICK__CONSUMER__AUTO_OFFSET_RESET", "earliest".into());
-                // Two shards that block when idle leave the 2 cores of a small machine to the rest.
-                set("WICK__RING__WAIT_STRATEGY", "blocking".into());
-                set("WICK__RING__NUM_CONSUMERS", "2".into());
             }
             "persistence-writer" => {
                 set("WICK__KAFKA__CANDLES_TOPIC", self.candles.clone());
