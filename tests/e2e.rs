@@ -72,7 +72,6 @@ fn aggregator(d: &Deployment, index: u32, count: u32) -> Running {
     c.instance.count = count;
     c.consumer.auto_offset_reset = "earliest".into();
     c.consumer.fetch_max_wait = ConfigDuration::from_millis(50);
-    c.ring.wait_strategy = "blocking".into();
     c.ring.num_consumers = 1;
     c.checkpoint.database_url = wick_test_support::postgres_config();
     c.checkpoint.schema = Some(d.schema.clone());

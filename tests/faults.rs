@@ -271,7 +271,6 @@ impl Deployment {
                     .env("WICK__KAFKA__DEAD_LETTER_TOPIC", format!("{}-dlq", self.market))
                     .env("WICK__CONSUMER__AUTO_OFFSET_RESET", "earliest")
                     .env("WICK__CONSUMER__FETCH_MAX_WAIT", "50ms")
-                    .env("WICK__RING__WAIT_STRATEGY", "blocking")
                     .env("WICK__CHECKPOINT__DATABASE_URL", &b.database)
                     .env("WICK__CHECKPOINT__SCHEMA", &b.schema)
                     .env("WICK__CHECKPOINT__INTERVAL", "300ms");

@@ -60,7 +60,7 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
         "ingest-aggregator starting"
     );
 
-    let shard_count = config.ring.num_consumers;
+    let shard_count = config.ring.shards();
     let settings = ShardSettings {
         intervals: config.intervals(),
         allowed_lateness_us: micros(config.aggregation.allowed_lateness.get()),

@@ -54,7 +54,6 @@ fn config(env: &Env) -> Config {
     c.kafka.dead_letter_partitions = 2;
     c.consumer.auto_offset_reset = "earliest".into();
     c.consumer.fetch_max_wait = wick_service::duration::Duration::from_millis(50);
-    c.ring.wait_strategy = "blocking".into();
     c.ring.num_consumers = 2;
     c.checkpoint.database_url = wick_test_support::postgres_config();
     c.checkpoint.schema = Some(env.schema.clone());
@@ -715,7 +714,6 @@ fn spawn_binary(config: &Config) -> wick_test_support::ServiceProcess {
         .env("WICK__KAFKA__DEAD_LETTER_PARTITIONS", "2")
         .env("WICK__CONSUMER__AUTO_OFFSET_RESET", "earliest")
         .env("WICK__CONSUMER__FETCH_MAX_WAIT", "50ms")
-        .env("WICK__RING__WAIT_STRATEGY", "blocking")
         .env("WICK__RING__NUM_CONSUMERS", "2")
         .env("WICK__CHECKPOINT__DATABASE_URL", &config.checkpoint.database_url)
         .env("WICK__CHECKPOINT__SCHEMA", config.checkpoint.schema.as_deref().unwrap())

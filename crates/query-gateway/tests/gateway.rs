@@ -52,7 +52,6 @@ fn aggregator_config(env: &Env) -> ingest_aggregator::config::Config {
     c.kafka.dead_letter_topic = format!("{}-dlq", env.market);
     c.consumer.auto_offset_reset = "earliest".into();
     c.consumer.fetch_max_wait = ConfigDuration::from_millis(50);
-    c.ring.wait_strategy = "blocking".into();
     c.ring.num_consumers = 2;
     c.checkpoint.database_url = wick_test_support::postgres_config();
     c.checkpoint.schema = Some(env.schema.clone());
