@@ -63,7 +63,21 @@ pub fn run_stack(args: &[String]) -> Result<()> {
 }
 
 pub fn broker_answers() -> bool {
-    answers(BROKER)
+    answers(BROKER) && broker_serves(BROKER)
+}
+
+/// The broker answers a Kafka metadata request (listing topics), not only TCP: tansu 0.6.0's
+/// SQLite engine can fail (a panic in its storage task, seen under load) while its listener
+/// still accepts connections, and every request then fails.
+fn broker_serves(address: &str) -> bool {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+    runtime.block_on(async {
+        let listed = async {
+            let client = wick_kafka::connect(&[address.to_owned()], Duration::from_secs(5)).await.ok()?;
+            client.list_topics().await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(10), listed).await.ok().flatten().is_some()
+    })
 }
 
 fn answers(address: &str) -> bool {
@@ -140,8 +154,25 @@ fn up() -> Result<()> {
 
 fn broker_up() -> Result<()> {
     if answers(BROKER) {
-        eprintln!("stack: broker already answers on {BROKER}");
-        return Ok(());
+        if broker_serves(BROKER) {
+            eprintln!("stack: broker already answers on {BROKER}");
+            return Ok(());
+        }
+        // Accepting connections without serving: restart it when it is the stack's own broker.
+        let ours = started()
+            .into_iter()
+            .rev()
+            .find(|(name, _)| name == "broker")
+            .map(|(_, pid)| pid)
+            .filter(|pid| String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains("tansu"));
+        let Some(pid) = ours else {
+            bail!("a broker on {BROKER} accepts connections but does not answer Kafka requests, and the stack did not start it: stop it");
+        };
+        eprintln!("stack: the broker (pid {pid}) accepts connections but does not answer Kafka requests (see its log): restarting it");
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        // A stopped process (SIGSTOP) takes the signal only once continued.
+        let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        wait_for("the broken broker to stop", Duration::from_secs(30), || !answers(BROKER))?;
     }
     let binary = tansu()?;
     let dir = stack_dir().join("tansu");
@@ -165,7 +196,7 @@ fn broker_up() -> Result<()> {
     detach(&mut cmd);
     let child = cmd.spawn().context("starting tansu")?;
     record_started("broker", child.id())?;
-    wait_for("the broker", Duration::from_secs(30), || answers(BROKER))
+    wait_for("the broker", Duration::from_secs(30), || answers(BROKER) && broker_serves(BROKER))
         .with_context(|| format!("see {}", dir.join("broker.log").display()))?;
     eprintln!("stack: started broker (tansu, SQLite engine in {}) on {BROKER}", dir.display());
     Ok(())
@@ -446,7 +477,7 @@ fn down() -> Result<()> {
 
 fn status() -> Result<()> {
     let mut rows: Vec<(String, String, bool)> = vec![
-        ("broker (tansu, SQLite)".into(), BROKER.into(), answers(BROKER)),
+        ("broker (tansu, SQLite)".into(), BROKER.into(), answers(BROKER) && broker_serves(BROKER)),
         ("PostgreSQL".into(), POSTGRES.into(), answers(POSTGRES)),
         ("Redis".into(), REDIS.into(), redis_pings(REDIS)),
     ];
