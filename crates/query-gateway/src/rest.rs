@@ -169,6 +169,14 @@ pub fn openapi() -> serde_json::Value {
                 if p.name == "fill" {
                     schema["enum"] = serde_json::json!(["none", "previous"]);
                 }
+                // Exactly what the gateway accepts (wick_core::Instrument::new, query::binance_symbol).
+                if p.name == "instrument" {
+                    schema["pattern"] = "^[A-Z0-9_]+:[A-Z0-9]+-[A-Z0-9]+$".into();
+                    schema["maxLength"] = 64.into();
+                }
+                if p.name == "symbol" {
+                    schema["pattern"] = "^[A-Z0-9]{2,20}$".into();
+                }
                 serde_json::json!({"name": p.name, "in": "query", "required": p.required, "description": p.description, "schema": schema})
             })
             .collect();
@@ -573,6 +581,10 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
             not_found_gw.metrics.request("rest", "other", status, 0.0);
             let mut r = error_response(&e, full.as_str().starts_with("/api/v3/"));
             *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+            if status == 405 {
+                // RFC 9110 section 15.5.6: a 405 lists the methods the resource supports.
+                r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("GET, HEAD"));
+            }
             r.into_response()
         });
 

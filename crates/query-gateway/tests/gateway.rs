@@ -806,9 +806,19 @@ async fn standard_clients_and_bad_requests() {
     }
     let post = curl(&format!("{}/api/v1/candles", gw.http), &["-X", "POST"]).await;
     assert_eq!(post.status, 405, "{}", post.body);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"), "a 405 says which methods are allowed");
     let openapi = get(&gw.http, "/api/openapi.json").await.json();
     assert_eq!(openapi["openapi"], "3.0.3");
     assert!(openapi["paths"]["/api/v3/klines"]["get"]["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "timeZone"));
+    // The document refuses what the gateway refuses: an empty instrument or symbol is not valid.
+    let schema_of = |path: &str, name: &str| {
+        openapi["paths"][path]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+    };
+    assert_eq!(schema_of("/api/v1/candles", "instrument")["pattern"], "^[A-Z0-9_]+:[A-Z0-9]+-[A-Z0-9]+$");
+    assert_eq!(schema_of("/api/v3/klines", "symbol")["pattern"], "^[A-Z0-9]{2,20}$");
+    for path in ["/api/v1/candles?instrument=&interval=1m", "/api/v3/klines?symbol=&interval=1m"] {
+        assert_eq!(get(&gw.http, path).await.status, 400, "{path}");
+    }
 
     for s in [gw.service, aggregator, writer] {
         s.stop().await;
