@@ -12,7 +12,9 @@
 //! instrument, default 3000), `WICK_FAULTS_PACE` (seconds the feed takes, default 10),
 //! `WICK_FAULTS_DB_OUTAGE` (seconds PostgreSQL is stopped, default 30), `WICK_FAULTS_PARALLEL`
 //! (drills at once, default 4), `WICK_FAULTS_SEED` (the random moments; printed),
-//! `WICK_FAULTS_ONLY` (comma-separated parts of drill names: run only those).
+//! `WICK_FAULTS_ONLY` (comma-separated parts of drill names: run only those). The settings can make
+//! a run larger but never empty (at least one fault per drill, 100 trades, 2 s of feed, a
+//! selection that matches a drill), and a drill whose faults did not all land fails.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -60,14 +62,21 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
 impl Scale {
     fn from_env() -> Scale {
         let default_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-        Scale {
+        let scale = Scale {
             rounds: setting("WICK_FAULTS_ROUNDS", 3),
             trades: setting("WICK_FAULTS_TRADES", 3000),
             pace: Duration::from_secs_f64(setting("WICK_FAULTS_PACE", 10.0)),
             db_outage: Duration::from_secs_f64(setting("WICK_FAULTS_DB_OUTAGE", 30.0)),
             parallel: setting("WICK_FAULTS_PARALLEL", 4),
             seed: setting("WICK_FAULTS_SEED", default_seed),
-        }
+        };
+        // The settings may make a run larger, never empty: a drill without faults, trades or
+        // time proves nothing.
+        assert!(scale.rounds >= 1, "WICK_FAULTS_ROUNDS must be at least 1 (a kill drill without kills proves nothing)");
+        assert!(scale.trades >= 100, "WICK_FAULTS_TRADES must be at least 100 per instrument");
+        assert!(scale.pace >= Duration::from_secs(2), "WICK_FAULTS_PACE must be at least 2 seconds (faults land while trades flow)");
+        assert!(scale.parallel >= 1, "WICK_FAULTS_PARALLEL must be at least 1");
+        scale
     }
 }
 
@@ -182,6 +191,21 @@ impl Supervised {
     fn kill_9(&self) -> bool {
         let pid = self.pid.load(Ordering::SeqCst);
         pid != 0 && std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILL once a process runs, waiting up to `patience` for one (the supervisor starts a
+    /// killed service again within 200 ms); false when none ran, or the service finished for good.
+    async fn kill_9_when_running(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        loop {
+            if self.kill_9() {
+                return true;
+            }
+            if Instant::now() >= deadline || self.done.load(Ordering::SeqCst) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn shut_down(self) {
@@ -623,7 +647,8 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
     let mut faults = Vec::new();
     // Fault moments: random, within the time the feed takes and a little after, so that most land
     // while trades flow and some while the pipeline drains.
-    let window = scale.pace + Duration::from_secs(2);
+    // The feed runs out after its last replay: its kills fall while it replays.
+    let window = if drill == Drill::KillFeed { scale.pace } else { scale.pace + Duration::from_secs(2) };
     let rounds = match drill {
         Drill::BrokerRestart | Drill::RedisStopped | Drill::RedisClusterNode => 2,
         Drill::PostgresStopped => 1,
@@ -647,7 +672,7 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
                     Drill::KillGateway => Service::Gateway,
                     _ => Service::ALL[rng.below(4) as usize],
                 };
-                if d.service(victim).kill_9() {
+                if d.service(victim).kill_9_when_running(Duration::from_secs(5)).await {
                     faults.push(format!("{} at {t}", victim.binary()));
                 }
             }
@@ -697,7 +722,11 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
             }
         }
     }
-    let result = check(&d, &input, clean).await;
+    // Every planned fault must have landed, or the drill proved less than it claims.
+    let result = match check(&d, &input, clean).await {
+        Ok(_) if faults.len() < rounds => Err(format!("only {} of {rounds} faults landed", faults.len())),
+        other => other,
+    };
     let restarts = d.restarts();
     let (candles, answers, cached, result) = match result {
         Ok((c, a, h)) => (c, a, h, Ok(())),
@@ -845,6 +874,7 @@ async fn after_every_drill_the_candles_equal_one_clean_pass() {
     let only = std::env::var("WICK_FAULTS_ONLY").unwrap_or_default();
     let selected: Vec<Drill> =
         Drill::ALL.into_iter().filter(|d| only.is_empty() || only.split(',').any(|o| d.name().contains(o.trim()))).collect();
+    assert!(!selected.is_empty(), "WICK_FAULTS_ONLY={only:?} matches no drill (drills: {})", Drill::ALL.map(Drill::name).join(", "));
     for drill in selected.iter().copied() {
         let (input, permits, outcomes, clean_rx, scale) =
             (input.clone(), permits.clone(), outcomes.clone(), clean_rx.clone(), scale.clone());
