@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use wick_core::Clock;
 use wick_service::ops::Readiness;
 use wick_service::shutdown::Shutdown;
+use wick_store::StoreError;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -42,7 +43,12 @@ const MAX_ID_RANGES: usize = 1 << 20;
 /// Runs the aggregator until `shutdown`; then drains the ring, flushes, checkpoints and returns.
 pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<()> {
     let pool = wick_store::pool(&config.checkpoint.database_url, config.checkpoint.schema.as_deref(), 2)?;
-    prepare_database(&config, &pool).await?;
+    // The database may be down or not yet up (services start together): wait for it rather than
+    // exit and be restarted in a loop.
+    match until_database_answers("preparing the checkpoint database", &shutdown, || prepare_database(&config, &pool)).await {
+        Some(prepared) => prepared?,
+        None => return Ok(()),
+    }
     let client = Arc::new(wick_kafka::connect(&config.kafka.brokers, config.kafka.request_deadline.get()).await?);
     let k = &config.kafka;
     let topics = [
@@ -53,7 +59,13 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     .map(|(name, partitions)| wick_kafka::TopicSpec { name: name.clone(), partitions });
     wick_kafka::ensure_topics(&client, &k.brokers.join(","), &topics).await?;
     let owned = wick_kafka::owned_partitions(k.market_events_partitions, config.instance.index, config.instance.count)?;
-    let checkpoints = pipeline::load_checkpoints(&pool, &k.market_events_topic, &owned).await?;
+    let Some(checkpoints) =
+        until_database_answers("loading the checkpoints", &shutdown, || pipeline::load_checkpoints(&pool, &k.market_events_topic, &owned))
+            .await
+    else {
+        return Ok(());
+    };
+    let checkpoints = checkpoints?;
     tracing::info!(
         partitions = ?owned,
         checkpoints = ?checkpoints.iter().map(|(p, (o, s))| (*p, *o, s.instruments.len())).collect::<Vec<_>>(),
@@ -162,6 +174,56 @@ pub async fn run(config: Config, metrics: Metrics, readiness: Readiness, clock: 
     result?;
     stored?;
     Ok(())
+}
+
+/// Runs `attempt` until it succeeds, retrying with back-off (100 ms doubling to 5 s) while it fails
+/// because the database cannot be reached; other failures are returned. `None` when shutdown came
+/// first.
+async fn until_database_answers<T, F, Fut>(what: &str, shutdown: &Shutdown, mut attempt: F) -> Option<Result<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = wick_service::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(failures, "{what}: the database answers");
+                }
+                return Some(Ok(v));
+            }
+            Err(e) if unreachable_database(&e) => {
+                failures += 1;
+                tracing::warn!(failures, error = format!("{e:#}"), "{what}: the database is unreachable; retrying");
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.delay()) => {}
+            _ = shutdown.requested() => return None,
+        }
+    }
+}
+
+/// The failure is the database being out of reach (no connection, a server shutting down or
+/// starting up), not a refusal of what was asked: worth waiting for.
+fn unreachable_database(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if cause.downcast_ref::<deadpool_postgres::PoolError>().is_some() {
+            return true;
+        }
+        if let Some(StoreError::Pool(_)) = cause.downcast_ref::<StoreError>() {
+            return true;
+        }
+        match cause.downcast_ref::<tokio_postgres::Error>() {
+            // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: admin
+            // shutdown, cannot connect now); no server error at all means the connection failed.
+            Some(pg) => pg.as_db_error().is_none_or(|db| matches!(&db.code().code()[..2], "08" | "57")),
+            None => false,
+        }
+    })
 }
 
 fn micros(d: Duration) -> i64 {

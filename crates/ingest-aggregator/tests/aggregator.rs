@@ -779,3 +779,32 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
     assert_finals_equal(&got, &want, &sentinels);
     env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_database_down_at_start_is_waited_for_and_then_nothing_is_lost() {
+    let env = env().await;
+    let pg = tokio::task::spawn_blocking(wick_test_support::PostgresProcess::start).await.unwrap().unwrap();
+    pg.stop().unwrap();
+    let mut c = config(&env);
+    c.checkpoint.database_url = pg.url("wick_checkpoints");
+    let (publish, counted, sentinels) = fixture(500);
+    produce(&env.market, &publish, 50).await;
+    let running = start(c, Arc::new(SystemClock));
+    // Down for a while: the service waits (it neither exits nor reads anything).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!running.task.is_finished(), "the aggregator must wait for its database, not exit");
+    assert_eq!(running.metrics.trades_consumed.get(), 0, "nothing is read before the checkpoints are known");
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    let want = reference(&counted);
+    wait_for_finals(&env.candles, &want, &sentinels, Duration::from_secs(90)).await;
+    running.stop().await;
+    let (got, _) = published(&env.candles).await;
+    assert_finals_equal(&got, &want, &sentinels);
+    drop(pg);
+    env.db.batch_execute(&format!("DROP SCHEMA {} CASCADE", env.schema)).await.unwrap();
+}
