@@ -93,9 +93,24 @@ pub async fn start(config: Config, metrics: Metrics, readiness: Readiness, clock
     let client = Arc::new(wick_kafka::connect(&config.kafka.brokers, config.kafka.request_deadline.get()).await?);
     let topic = wick_kafka::TopicSpec { name: config.kafka.candles_topic.clone(), partitions: config.kafka.candles_partitions };
     wick_kafka::ensure_topics(&client, &config.kafka.brokers.join(","), &[topic]).await?;
-    let stored = stored_offsets(&pool, &config).await;
+    // What the writer stored decides where live reading starts: ask a few times (the database
+    // may be starting beside the gateway) before falling back to the earliest offsets.
+    let mut stored = None;
+    let mut backoff = wick_service::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    for attempt in 1..=5 {
+        match stored_offsets(&pool, &config).await {
+            Ok(s) => {
+                stored = Some(s);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "reading the writer's offsets");
+                tokio::time::sleep(backoff.delay()).await;
+            }
+        }
+    }
     if stored.is_none() {
-        tracing::warn!("the database cannot tell what the writer stored: live candles are read from the log end");
+        tracing::warn!("the database cannot tell what the writer stored: live candles are read from the earliest offsets");
     }
     match read.load_instruments().await {
         Ok(n) => tracing::info!(instruments = n, "instruments loaded"),
@@ -134,23 +149,19 @@ pub async fn start(config: Config, metrics: Metrics, readiness: Readiness, clock
 
 /// The writer's stored offsets: per partition, how far both the database and (with L2) Redis
 /// hold the candles.
-async fn stored_offsets(pool: &deadpool_postgres::Pool, config: &Config) -> Option<HashMap<i32, i64>> {
+async fn stored_offsets(pool: &deadpool_postgres::Pool, config: &Config) -> Result<HashMap<i32, i64>, String> {
     let load = async {
         let db = pool.get().await.map_err(|e| e.to_string())?;
-        wick_store::load_resume_offsets(&db, &config.kafka.candles_topic, config.redis.enabled).await.map_err(|e| e.to_string())
+        match wick_store::load_resume_offsets(&db, &config.kafka.candles_topic, config.redis.enabled).await {
+            Ok(rows) => Ok(rows.into_iter().collect()),
+            // A database without the writer's table yet (SQLSTATE 42P01) has stored nothing.
+            Err(wick_store::StoreError::Db(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(HashMap::new()),
+            Err(e) => Err(e.to_string()),
+        }
     };
     match tokio::time::timeout(config.database.query_timeout.get(), load).await {
-        Ok(Ok(rows)) => Some(rows.into_iter().collect()),
-        Ok(Err(e)) => {
-            // A database without the writer's table yet has stored nothing.
-            if e.contains("writer_offsets") && e.contains("does not exist") {
-                Some(HashMap::new())
-            } else {
-                tracing::warn!(error = %e, "reading the writer's offsets");
-                None
-            }
-        }
-        Err(_) => None,
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within database.query_timeout ({:?})", config.database.query_timeout.get())),
     }
 }
 
@@ -163,7 +174,7 @@ async fn prune(read: Arc<ReadPath>, pool: deadpool_postgres::Pool, config: Confi
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.requested() => return,
         }
-        if let Some(stored) = stored_offsets(&pool, &config).await {
+        if let Ok(stored) = stored_offsets(&pool, &config).await {
             read.prune(&stored, config.live.max_unpersisted);
         } else {
             read.prune(&HashMap::new(), config.live.max_unpersisted);

@@ -220,7 +220,9 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// Starts one reader per partition, from `stored` (the writer's offsets: what the database
     /// and L2 already hold) or the earliest offset where the writer stored nothing; `stored` is
-    /// `None` when the database could not tell, and reading starts at the log end.
+    /// `None` when the database could not tell: then every partition is read from its earliest
+    /// offset, so that no candle the writer may not have stored is missed (the prune task drops
+    /// what it did store once the database answers). Pushes start at the log end either way.
     pub async fn start(self: Arc<Self>, stored: Option<HashMap<i32, i64>>, shutdown: Shutdown) -> Result<Vec<tokio::task::JoinHandle<()>>> {
         let lags: Arc<Vec<AtomicI64>> = Arc::new((0..self.partitions).map(|_| AtomicI64::new(0)).collect());
         let mut tasks = Vec::new();
@@ -232,7 +234,7 @@ impl Consumer {
                 .with_context(|| format!("{}/{partition}", self.topic))?;
             let end = client.get_offset(OffsetAt::Latest).await.with_context(|| format!("log end of {}/{partition}", self.topic))?;
             let start = match &stored {
-                None => end,
+                None => client.get_offset(OffsetAt::Earliest).await.context("earliest offset")?,
                 Some(offsets) => match offsets.get(&partition) {
                     Some(o) => (*o).min(end),
                     None => client.get_offset(OffsetAt::Earliest).await.context("earliest offset")?,

@@ -1314,3 +1314,60 @@ async fn the_binary_serves_health_metrics_and_stops_cleanly() {
     }
     assert_eq!(reason, Some((1001, "server shutting down".to_owned())));
 }
+
+/// The gateway started while the database cannot tell what the writer stored reads the candles
+/// topic from its earliest offsets: candles the writer had not stored yet are still answered once
+/// the database is back (it used to start at the log end and miss them until the writer caught up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_started_without_the_writers_offsets_misses_no_unstored_candle() {
+    let env = env().await;
+    let pg = wick_test_support::PostgresProcess::start().unwrap();
+    let trades: Vec<Trade> = history().into_iter().take(900).collect();
+    let (stored_trades, unstored_trades) = trades.split_at(450);
+    let mut writer = writer_config(&env);
+    writer.database.url = pg.url("wick");
+    writer.database.schema = None;
+    writer.redis.enabled = false;
+    let writer = start_writer(writer);
+    let stored = publish_history(&env.candles, stored_trades).await;
+    let mut attempts = 0;
+    let (db, connection) = loop {
+        match tokio_postgres::connect(&pg.url("wick"), tokio_postgres::NoTls).await {
+            Ok(connected) => break connected,
+            Err(_) if attempts < 600 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the writer never created the database: {e}"),
+        }
+    };
+    let connection = tokio::spawn(connection);
+    wait_written(&db, "public", stored.len()).await;
+    drop(db);
+    connection.abort();
+    writer.stop().await;
+    // Candles the writer never stored (it is down), then the database goes down too.
+    let unstored = publish_history(&env.candles, unstored_trades).await;
+    pg.stop().unwrap();
+
+    let mut config = gateway_config(&env);
+    config.database.url = pg.url("wick");
+    config.database.schema = None;
+    config.database.query_timeout = ConfigDuration::from_secs(1);
+    config.redis.enabled = false;
+    let gw = start_gateway(config).await;
+    pg.start_again().unwrap();
+    let last = unstored.iter().max_by_key(|c| (c.open_time(), c.interval().as_str())).unwrap();
+    let ms = last.open_time().as_millis();
+    let query = format!("/api/v1/candles?instrument={}&interval={}&start={ms}&end={ms}", last.instrument(), last.interval());
+    wick_test_support::wait_until("the database answers again", Duration::from_secs(60), || async {
+        get(&gw.http, &query).await.status == 200
+    })
+    .await
+    .unwrap();
+    let body = get(&gw.http, &query).await.json();
+    let got = answer_candles(&body);
+    assert_eq!(got.len(), 1, "the unstored candle is answered: {body}");
+    same_values(&got[0], last);
+    gw.service.stop().await;
+}
