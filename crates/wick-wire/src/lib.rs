@@ -514,10 +514,7 @@ pub fn decode_candle_record(content_type: Option<&[u8]>, value: &[u8]) -> Result
 }
 
 /// Every candle event of a `candles-completed` record, all or nothing.
-pub fn candles_of_record(
-    content_type: Option<&[u8]>,
-    value: &[u8],
-) -> Result<Vec<InstrumentEvents>, WireError> {
+pub fn candles_of_record(content_type: Option<&[u8]>, value: &[u8]) -> Result<Vec<InstrumentEvents>, WireError> {
     decode_candle_record(content_type, value)?.into_iter().map(|part| part.map_err(|p| p.error)).collect()
 }
 
