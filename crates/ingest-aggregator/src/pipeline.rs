@@ -260,20 +260,35 @@ pub async fn output(
         };
         match received {
             Output::Candles { instrument, events } => {
-                let batch = wick_wire::candle_batch_to_wire(&instrument, &events);
                 let p = wick_kafka::partitioner::partition_for(instrument.as_str().as_bytes(), partitions) as usize;
-                let slot = &mut pending[p];
-                slot.bytes += batch.encoded_len() + 8;
-                slot.since.get_or_insert_with(Instant::now);
-                slot.batches.push(batch);
-                if slot.bytes >= config.output.max_request_bytes {
-                    let since = slot.since;
-                    let record = slot.take_record();
-                    produce_acknowledged(&candles[p], vec![record], &shutdown, &metrics).await?;
-                    metrics.records_produced.inc();
-                    if let Some(since) = since {
-                        metrics.hop_seconds.with_label_values(&["output_to_ack"]).observe(since.elapsed().as_secs_f64());
+                let max = config.output.max_request_bytes;
+                // Records stay under `output.max_request_bytes` (consumers fetch with a byte limit,
+                // and this broker returns nothing for a record above it): a record is sent before a
+                // batch would push it over, and one instrument's events alone over the limit (a
+                // long history closing at once) are split, in order, over several records.
+                let whole = wick_wire::candle_batch_to_wire(&instrument, &events);
+                let pieces = whole.encoded_len().div_ceil(max).max(1);
+                let per_piece = events.len().div_ceil(pieces).max(1);
+                let batches = if pieces == 1 {
+                    vec![whole]
+                } else {
+                    events.chunks(per_piece).map(|chunk| wick_wire::candle_batch_to_wire(&instrument, chunk)).collect()
+                };
+                for batch in batches {
+                    let len = batch.encoded_len() + 8;
+                    if !pending[p].batches.is_empty() && pending[p].bytes + len > max {
+                        let since = pending[p].since;
+                        let record = pending[p].take_record();
+                        produce_acknowledged(&candles[p], vec![record], &shutdown, &metrics).await?;
+                        metrics.records_produced.inc();
+                        if let Some(since) = since {
+                            metrics.hop_seconds.with_label_values(&["output_to_ack"]).observe(since.elapsed().as_secs_f64());
+                        }
                     }
+                    let slot = &mut pending[p];
+                    slot.bytes += len;
+                    slot.since.get_or_insert_with(Instant::now);
+                    slot.batches.push(batch);
                 }
             }
             Output::DeadLetter { value, reason, partition, offset } => {

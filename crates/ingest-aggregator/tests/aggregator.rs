@@ -139,6 +139,8 @@ async fn published_from(
         for r in records {
             let content_type = r.record.headers.get(wick_wire::CONTENT_TYPE_HEADER).map(Vec::as_slice);
             assert_eq!(content_type, Some(wick_wire::CONTENT_TYPE_CANDLE_BATCHES.as_bytes()), "one record per partition");
+            let size = r.record.value.as_ref().map_or(0, Vec::len);
+            assert!(size <= 900_000, "a record of {size} bytes is over output.max_request_bytes");
             let parts = wick_wire::candles_of_record(content_type, r.record.value.as_deref().unwrap()).unwrap();
             for (kind, c) in parts.into_iter().flat_map(|(_, events)| events) {
                 *kinds
