@@ -25,6 +25,7 @@ pub struct Metrics {
     pub records_produced: IntCounter,
     pub produce_seconds: Histogram,
     pub checkpoints: IntCounter,
+    pub checkpoints_superseded: IntCounter,
     pub checkpoint_bytes: IntGauge,
     pub aggregation_errors: IntCounter,
 }
@@ -76,6 +77,10 @@ impl Metrics {
             records_produced: counter("wick_ingest_records_produced_total", "candles-completed records acknowledged by the broker."),
             produce_seconds: histogram("wick_ingest_produce_seconds", "Duration of one produce request.", 0.0005, 2.0, 14),
             checkpoints: counter("wick_ingest_checkpoints_total", "Partition checkpoints stored."),
+            checkpoints_superseded: counter(
+                "wick_ingest_checkpoints_superseded_total",
+                "Partition checkpoints not stored because another instance had stored a newer one (after a re-shard).",
+            ),
             checkpoint_bytes: gauge("wick_ingest_checkpoint_bytes", "Size of the latest partition checkpoint's state."),
             aggregation_errors: counter("wick_ingest_aggregation_errors_total", "Trades or candles that overflowed the exact arithmetic."),
         };
@@ -107,6 +112,7 @@ impl Metrics {
             Box::new(self.records_produced.clone()),
             Box::new(self.produce_seconds.clone()),
             Box::new(self.checkpoints.clone()),
+            Box::new(self.checkpoints_superseded.clone()),
             Box::new(self.checkpoint_bytes.clone()),
             Box::new(self.aggregation_errors.clone()),
         ]

@@ -397,9 +397,18 @@ pub async fn store_checkpoints(pool: Pool, topic: String, checkpoints: Checkpoin
         let attempt = async {
             let db = pool.get().await.context("connecting to the checkpoint database")?;
             for (partition, (offset, state)) in &batch {
-                wick_store::save_checkpoint(&**db, &topic, *partition, *offset, state).await?;
-                metrics.checkpoints.inc();
-                metrics.checkpoint_bytes.set(state.len() as i64);
+                if wick_store::save_checkpoint(&**db, &topic, *partition, *offset, state).await? {
+                    metrics.checkpoints.inc();
+                    metrics.checkpoint_bytes.set(state.len() as i64);
+                } else {
+                    // Another instance owns the partition now and has checkpointed further on.
+                    metrics.checkpoints_superseded.inc();
+                    tracing::warn!(
+                        partition,
+                        next_offset = offset,
+                        "a newer checkpoint of this partition is stored (another instance owns it now): kept"
+                    );
+                }
             }
             anyhow::Ok(())
         };

@@ -548,22 +548,26 @@ pub async fn write_batch(
     Ok(changed)
 }
 
-/// Stores the checkpoint of one partition (replacing the previous one).
+/// Stores the checkpoint of one partition, replacing the previous one unless that one is further
+/// on: during a rolling re-shard an instance that has lost a partition may still write its last
+/// checkpoint after the new owner wrote a newer one, and a checkpoint never goes back. Whether it
+/// was stored (`false`: a newer one exists and is kept).
 pub async fn save_checkpoint(
     client: &impl GenericClient,
     topic: &str,
     partition: i32,
     next_offset: i64,
     state: &[u8],
-) -> Result<(), StoreError> {
-    client
+) -> Result<bool, StoreError> {
+    let stored = client
         .execute(
             "INSERT INTO aggregator_checkpoints (topic, partition, next_offset, state) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state, written_at = now()",
+             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state, written_at = now() \
+             WHERE aggregator_checkpoints.next_offset <= EXCLUDED.next_offset",
             &[&topic, &partition, &next_offset, &state],
         )
         .await?;
-    Ok(())
+    Ok(stored == 1)
 }
 
 /// The checkpoint of one partition: its next offset and state.

@@ -305,3 +305,22 @@ async fn a_schema_the_setting_names_is_created_when_missing_by_either_service() 
         admin.batch_execute(&format!("DROP SCHEMA {fresh} CASCADE")).await.unwrap();
     }
 }
+
+/// A rolling re-shard: the instance that lost partition 3 writes its last checkpoint after the
+/// new owner wrote a newer one. The newer one stays; a later checkpoint of the new owner, and one
+/// at the same offset, replace it; other partitions are untouched.
+#[tokio::test]
+async fn a_checkpoint_never_goes_back() {
+    let (mut client, _schema) = store().await;
+    wick_store::migrate_bookkeeping(&mut client).await.unwrap();
+    assert!(wick_store::save_checkpoint(&client, "market-events", 3, 500, b"old owner at 500").await.unwrap());
+    assert!(wick_store::save_checkpoint(&client, "market-events", 3, 900, b"new owner at 900").await.unwrap());
+    assert!(!wick_store::save_checkpoint(&client, "market-events", 3, 700, b"old owner at 700, late").await.unwrap());
+    assert_eq!(wick_store::load_checkpoint(&client, "market-events", 3).await.unwrap(), Some((900, b"new owner at 900".to_vec())));
+    assert!(wick_store::save_checkpoint(&client, "market-events", 3, 900, b"new owner at 900 again").await.unwrap());
+    assert!(wick_store::save_checkpoint(&client, "market-events", 3, 1200, b"new owner at 1200").await.unwrap());
+    assert_eq!(wick_store::load_checkpoint(&client, "market-events", 3).await.unwrap(), Some((1200, b"new owner at 1200".to_vec())));
+    assert!(wick_store::save_checkpoint(&client, "market-events", 4, 10, b"another partition").await.unwrap());
+    assert!(wick_store::save_checkpoint(&client, "other-topic", 3, 1, b"another topic").await.unwrap());
+    assert_eq!(wick_store::load_checkpoint(&client, "market-events", 3).await.unwrap().unwrap().0, 1200);
+}
