@@ -640,6 +640,26 @@ async fn scale_run(
 ) -> Result<Value> {
     eprintln!("system bench: scale, {instruments} instruments ({input}), {aggregators} aggregator(s)");
     let d = Deployment::new(&format!("scale-{instruments}i-{aggregators}a")).await?;
+    let broker = (d.broker.address.clone(), d.broker.pid.is_some());
+    scale_measure(db, &d, files, input, instruments, trades, aggregators).await.map_err(|e| {
+        let gone = broker.1 && tansu_pid(&broker.0).is_none();
+        if gone {
+            e.context("the deployment's broker had exited")
+        } else {
+            e
+        }
+    })
+}
+
+async fn scale_measure(
+    db: &tokio_postgres::Client,
+    d: &Deployment,
+    files: &[PathBuf],
+    input: &str,
+    instruments: usize,
+    trades: i64,
+    aggregators: u32,
+) -> Result<Value> {
     let mut services = d.start(&[], aggregators).await?;
     let service_ticks = services.ticks();
     let stack = stack_ticks(d.broker.pid);
@@ -717,6 +737,15 @@ async fn scale_run(
     }))
 }
 
+/// A scale run, or what made it fail: one run that fails (tansu 0.6.0's SQLite storage can stop
+/// under load) is reported as failed and the others still run.
+fn failed_as_value(run: Result<Value>, instruments: u64, aggregators: u64, input: &str) -> Value {
+    run.unwrap_or_else(|e| {
+        eprintln!("system bench: the run of {instruments} instruments ({input}), {aggregators} aggregator(s) failed: {e:#}");
+        json!({"instruments": instruments, "aggregators": aggregators, "input": input, "error": format!("{e:#}")})
+    })
+}
+
 /// Part 1: the same number of trades over the same span of event time, at 3 and 1,000 instruments
 /// (and more if asked), then the 1,000-instrument load with more aggregator instances.
 async fn scale(dir: &Path, db: &tokio_postgres::Client) -> Result<Value> {
@@ -728,11 +757,21 @@ async fn scale(dir: &Path, db: &tokio_postgres::Client) -> Result<Value> {
     for instruments in list_setting("WICK_BENCH_SCALE_INSTRUMENTS", "3,1000,10000") {
         let file = write_spread(dir, instruments as usize, trades, span_seconds * 1000)?;
         files.insert(instruments, file.clone());
-        runs.push(scale_run(db, &[file], "json-lines", instruments as usize, trades as i64, 1).await?);
+        runs.push(failed_as_value(
+            scale_run(db, &[file], "json-lines", instruments as usize, trades as i64, 1).await,
+            instruments,
+            1,
+            "json-lines",
+        ));
         eprintln!("{}", runs.last().unwrap());
         if csv.contains(&instruments) {
             let csv_files = write_spread_csv(dir, instruments as usize, trades, span_seconds * 1000)?;
-            runs.push(scale_run(db, &csv_files, "binance-csv", instruments as usize, trades as i64, 1).await?);
+            runs.push(failed_as_value(
+                scale_run(db, &csv_files, "binance-csv", instruments as usize, trades as i64, 1).await,
+                instruments,
+                1,
+                "binance-csv",
+            ));
             eprintln!("{}", runs.last().unwrap());
         }
     }
@@ -742,7 +781,12 @@ async fn scale(dir: &Path, db: &tokio_postgres::Client) -> Result<Value> {
             Some(f) => f.clone(),
             None => write_spread(dir, scale_out_instruments as usize, trades, span_seconds * 1000)?,
         };
-        runs.push(scale_run(db, &[file], "json-lines", scale_out_instruments as usize, trades as i64, aggregators as u32).await?);
+        runs.push(failed_as_value(
+            scale_run(db, &[file], "json-lines", scale_out_instruments as usize, trades as i64, aggregators as u32).await,
+            scale_out_instruments,
+            aggregators,
+            "json-lines",
+        ));
         eprintln!("{}", runs.last().unwrap());
     }
     Ok(json!({
@@ -1209,7 +1253,10 @@ async fn latencies(db: &tokio_postgres::Client) -> Result<Value> {
     let instruments: usize = setting("WICK_BENCH_PUSH_INSTRUMENTS", 1000);
     let mut runs = Vec::new();
     for rate in list_setting("WICK_BENCH_PUSH_RATES", "1000,10000,20000,50000") {
-        let run = latency(rate, instruments, db).await?;
+        let run = latency(rate, instruments, db).await.unwrap_or_else(|e| {
+            eprintln!("system bench: the latency run at {rate} trades/s failed: {e:#}");
+            json!({"rate": rate, "error": format!("{e:#}")})
+        });
         eprintln!("{run}");
         runs.push(run);
     }

@@ -54,14 +54,16 @@ fn scale_run(r: &Value, instruments: u64, aggregators: u64) -> Option<&Value> {
 }
 
 fn scale_run_of<'a>(r: &'a Value, input: &str, instruments: u64, aggregators: u64) -> Option<&'a Value> {
-    r["scale"]["runs"]
-        .as_array()?
-        .iter()
-        .find(|x| x["input"] == input && x["instruments"].as_u64() == Some(instruments) && x["aggregators"].as_u64() == Some(aggregators))
+    r["scale"]["runs"].as_array()?.iter().find(|x| {
+        x.get("error").is_none()
+            && x["input"] == input
+            && x["instruments"].as_u64() == Some(instruments)
+            && x["aggregators"].as_u64() == Some(aggregators)
+    })
 }
 
 fn latency_run(r: &Value, rate: u64) -> Option<&Value> {
-    r["latency"]["runs"].as_array()?.iter().find(|x| x["rate"].as_u64() == Some(rate))
+    r["latency"]["runs"].as_array()?.iter().find(|x| x.get("error").is_none() && x["rate"].as_u64() == Some(rate))
 }
 
 /// The highest peak RSS of services whose name starts with `service`, over `runs`: (MiB, where).
@@ -211,7 +213,9 @@ fn settings(v: &Value) -> String {
 
 fn scale_section(md: &mut String, r: &Value) -> Result<()> {
     let s = &r["scale"];
-    let Some(runs) = s["runs"].as_array() else { return Ok(()) };
+    let Some(all) = s["runs"].as_array() else { return Ok(()) };
+    let runs: Vec<Value> = all.iter().filter(|t| t.get("error").is_none()).cloned().collect();
+    let failed: Vec<&Value> = all.iter().filter(|t| t.get("error").is_some()).collect();
     let reference = scale_run(r, 3, 1);
     writeln!(md, "### Exchange scale: feed to database at 3, 1,000 and more instruments\n")?;
     writeln!(
@@ -237,7 +241,7 @@ fn scale_section(md: &mut String, r: &Value) -> Result<()> {
     )?;
     writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let base = reference.map_or(f64::NAN, |t| f(&t["trades_per_second"]));
-    for t in runs {
+    for t in &runs {
         let done = if t["completed"] == true {
             format!("{:.1} s", f(&t["seconds"]))
         } else {
@@ -260,13 +264,23 @@ fn scale_section(md: &mut String, r: &Value) -> Result<()> {
             f(&t["lag"]["max_records"]),
         )?;
     }
+    for t in &failed {
+        writeln!(
+            md,
+            "| {} | {} | {} | **failed**: {} | | | | | | | | | |",
+            t["instruments"],
+            t["input"].as_str().unwrap_or("?"),
+            t["aggregators"],
+            t["error"].as_str().unwrap_or("?").replace('|', "/").replace('\n', " ")
+        )?;
+    }
     writeln!(md, "\nCPU seconds of each process over each run, and peak RSS (`VmHWM`):\n")?;
     writeln!(
         md,
         "| instruments | input | aggregators | feed-publisher | ingest-aggregator | persistence-writer | query-gateway | broker | PostgreSQL | Redis | RSS feed-publisher | RSS ingest-aggregator | RSS persistence-writer | RSS query-gateway |"
     )?;
     writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    for t in runs {
+    for t in &runs {
         let sum = |m: &Value, prefix: &str| -> f64 {
             m.as_object().into_iter().flatten().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| f(v)).sum()
         };
@@ -301,7 +315,7 @@ fn scale_section(md: &mut String, r: &Value) -> Result<()> {
         )?;
     }
     writeln!(md, "\nThe aggregators' lag over each run (seconds after the replay started: records behind):\n")?;
-    for t in runs {
+    for t in &runs {
         let samples: Vec<(f64, f64)> = t["lag"]["samples"].as_array().into_iter().flatten().map(|s| (f(&s[0]), f(&s[1]))).collect();
         let step = samples.len().div_ceil(12).max(1);
         let shown: Vec<String> = samples.iter().step_by(step).map(|(t, l)| format!("{t:.0} s: {l:.0}")).collect();
@@ -475,7 +489,9 @@ fn floor_section(md: &mut String, r: &Value) -> Result<()> {
 
 fn latency_section(md: &mut String, r: &Value) -> Result<()> {
     let l = &r["latency"];
-    let Some(runs) = l["runs"].as_array() else { return Ok(()) };
+    let Some(all) = l["runs"].as_array() else { return Ok(()) };
+    let runs: Vec<Value> = all.iter().filter(|x| x.get("error").is_none()).cloned().collect();
+    let runs = &runs;
     let Some(first) = runs.first() else { return Ok(()) };
     writeln!(md, "### Trade-to-push latency\n")?;
     let overrides: Vec<String> = l["aggregator_overrides"]
@@ -537,6 +553,14 @@ fn latency_section(md: &mut String, r: &Value) -> Result<()> {
             f(&x["machine_busy_cores"]),
             f(&x["candle_events_per_trade"]),
             f(&x["aggregator_fetches_per_partition_per_second"]),
+        )?;
+    }
+    for x in all.iter().filter(|x| x.get("error").is_some()) {
+        writeln!(
+            md,
+            "| {} | **failed**: {} | | | | | | | | | | | |",
+            x["rate"],
+            x["error"].as_str().unwrap_or("?").replace('|', "/").replace('\n', " ")
         )?;
     }
     writeln!(
