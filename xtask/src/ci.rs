@@ -41,10 +41,7 @@ pub fn run_ci() -> Result<()> {
 
 /// The number of tests libtest reports as passed, over every `test result:` line of its output.
 fn loom_tests_passed(out: &str) -> usize {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("test result: ok. "))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
-        .sum()
+    out.lines().filter_map(|l| l.strip_prefix("test result: ok. ")).filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok()).sum()
 }
 
 #[cfg(test)]
