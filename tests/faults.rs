@@ -3,9 +3,12 @@
 //! supervisor (as Kubernetes would restart a crashed pod), while the drill injects its faults:
 //! kill -9 of each service at random moments, repeated; a broker restart; Redis stopped (a single
 //! node, and one node of a cluster); PostgreSQL stopped. Once the input is consumed, the stored
-//! candles, the Redis cache and the gateway's answers must equal those of one clean pass over the
-//! same trades: nothing lost, nothing doubled. A table of the drills and their outcomes is
-//! printed.
+//! candles and the gateway's answers (every interval of every instrument over the whole history,
+//! paged) must equal those of one clean pass over the same trades, and the clean pass must equal
+//! the exact reference computed naively from the input files: nothing lost, nothing doubled. Every
+//! stored candle must be in the Redis cache at the database's version; only after Redis lost what
+//! it held may one be absent (the gateway's answers show it is still served). A table of the drills
+//! and their outcomes is printed.
 //!
 //! Small by default (CI); `cargo xtask faults` runs it larger. Settings, from the environment:
 //! `WICK_FAULTS_ROUNDS` (faults per kill drill, default 3), `WICK_FAULTS_TRADES` (trades per
@@ -456,25 +459,40 @@ impl Deployment {
         Ok(self.query(&sql, &[]).await?.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The gateway's answer for every interval of every instrument over the history.
-    async fn answers(&self) -> Result<BTreeMap<String, String>, String> {
+    /// The gateway's answer for every interval of every instrument over the whole history, paged
+    /// with `next_start` (1000 candles a page): the candles served, by `instrument interval`.
+    async fn answers(&self) -> Result<BTreeMap<String, Vec<serde_json::Value>>, String> {
         let mut out = BTreeMap::new();
         for symbol in SYMBOLS {
             for interval in Interval::ALL {
-                let path = format!(
-                    "/api/v1/candles?instrument={}&interval={interval}&start={FIRST_MS}&end={}&limit=1000",
-                    instrument_of(symbol),
-                    HISTORY_END_MS - 1
-                );
-                out.insert(path.clone(), http_get(&self.http, &path).await?);
+                let instrument = instrument_of(symbol);
+                // From 0: the candles of the longer intervals open before the first trade.
+                let (mut start, mut candles) = (0, Vec::new());
+                loop {
+                    let path = format!(
+                        "/api/v1/candles?instrument={instrument}&interval={interval}&start={start}&end={}&limit=1000",
+                        HISTORY_END_MS - 1
+                    );
+                    let body = http_get(&self.http, &path).await?;
+                    let page: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{path}: {e}: {body}"))?;
+                    let served = page["candles"].as_array().ok_or_else(|| format!("{path}: no candles in {body}"))?;
+                    candles.extend(served.iter().cloned());
+                    match page["next_start"].as_i64() {
+                        Some(next) if next > start => start = next,
+                        Some(next) => return Err(format!("{path}: next_start {next} does not move on from {start}")),
+                        None => break,
+                    }
+                }
+                out.insert(format!("{instrument} {interval}"), candles);
             }
         }
         Ok(out)
     }
 
-    /// Candles the cache holds at another version than the database, of the given rows; and how
-    /// many of the rows it holds at all (a chunk dropped by a Redis restart is absent, not stale).
-    async fn cache_check(&self, rows: &[String]) -> Result<usize, String> {
+    /// Every stored candle must be in the cache at the database's version; with `redis_restarted`
+    /// (Redis lost what it held) a candle may be absent, never stale, and the gateway's answers
+    /// (compared separately) show it is still served from the database. How many it holds.
+    async fn cache_check(&self, rows: &[String], redis_restarted: bool) -> Result<usize, String> {
         let cache = wick_cache::L2Cache::connect(&wick_cache::CacheSettings {
             url: self.backends.redis_url.clone(),
             prefix: self.backends.prefix.clone(),
@@ -484,7 +502,7 @@ impl Deployment {
         .map_err(|e| e.to_string())?;
         cache.wait_connected(Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
         let mut chunks: BTreeMap<(String, Interval, i64), BTreeMap<i64, u64>> = BTreeMap::new();
-        let (mut held, mut stale) = (0, Vec::new());
+        let (mut held, mut stale, mut absent) = (0, Vec::new(), Vec::new());
         for row in rows {
             let f: Vec<&str> = row.split('|').collect();
             let (instrument, interval, open_ms, version) = (
@@ -502,14 +520,20 @@ impl Deployment {
             match chunks[&key].get(&open_ms) {
                 Some(v) if *v == version => held += 1,
                 Some(v) => stale.push(format!("{} {} {open_ms}: cache v{v}, database v{version}", f[0], f[1])),
-                None => {}
+                None => absent.push(format!("{} {} {open_ms}", f[0], f[1])),
             }
         }
-        if stale.is_empty() {
-            Ok(held)
-        } else {
-            Err(format!("{} cached candles differ from the database, e.g. {:?}", stale.len(), &stale[..stale.len().min(3)]))
+        if !stale.is_empty() {
+            return Err(format!("{} cached candles differ from the database, e.g. {:?}", stale.len(), &stale[..stale.len().min(3)]));
         }
+        if !redis_restarted && !absent.is_empty() {
+            return Err(format!(
+                "{} stored candles are not in the cache (and Redis never restarted), e.g. {:?}",
+                absent.len(),
+                &absent[..absent.len().min(3)]
+            ));
+        }
+        Ok(held)
     }
 
     async fn shut_down(self) {
@@ -538,7 +562,7 @@ async fn http_get(address: &str, path: &str) -> Result<String, String> {
 /// What one clean pass stored and served.
 struct Clean {
     rows: Vec<String>,
-    answers: BTreeMap<String, String>,
+    answers: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -723,7 +747,8 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
         }
     }
     // Every planned fault must have landed, or the drill proved less than it claims.
-    let result = match check(&d, &input, clean).await {
+    let redis_restarted = matches!(drill, Drill::RedisStopped | Drill::RedisClusterNode);
+    let result = match check(&d, &input, clean, redis_restarted).await {
         Ok(_) if faults.len() < rounds => Err(format!("only {} of {rounds} faults landed", faults.len())),
         other => other,
     };
@@ -747,7 +772,12 @@ async fn run_drill(drill: Drill, scale: Scale, input: Arc<Input>, clean: watch::
 }
 
 /// The invariant: stored candles, cached candles and the gateway's answers equal the clean pass.
-async fn check(d: &Deployment, input: &Input, mut clean: watch::Receiver<Option<Arc<Clean>>>) -> Result<(usize, usize, usize), String> {
+async fn check(
+    d: &Deployment,
+    input: &Input,
+    mut clean: watch::Receiver<Option<Arc<Clean>>>,
+    redis_restarted: bool,
+) -> Result<(usize, usize, usize), String> {
     d.settle(input.trades, Duration::from_secs(300)).await?;
     let clean = clean.wait_for(Option::is_some).await.map_err(|_| "the clean pass failed".to_owned())?.clone().unwrap();
     let rows = d.rows().await?;
@@ -760,16 +790,16 @@ async fn check(d: &Deployment, input: &Input, mut clean: watch::Receiver<Option<
             clean.rows.len()
         ));
     }
-    let cached = d.cache_check(&rows).await?;
+    let cached = d.cache_check(&rows, redis_restarted).await?;
     // The gateway may still be applying the last records it read: equal within a minute.
     let mut last: String;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match d.answers().await {
-            Ok(answers) if answers == clean.answers => return Ok((rows.len(), answers.len(), cached)),
+            Ok(answers) if answers == clean.answers => return Ok((rows.len(), answers.values().map(Vec::len).sum(), cached)),
             Ok(answers) => {
-                let (path, _) = answers.iter().find(|(p, body)| clean.answers.get(*p) != Some(body)).unwrap();
-                last = format!("the gateway's answer to {path} differs from the clean pass's");
+                let (series, _) = answers.iter().find(|(p, served)| clean.answers.get(*p) != Some(served)).unwrap();
+                last = format!("the gateway's answers for {series} differ from the clean pass's");
             }
             Err(e) => last = e,
         }
@@ -780,6 +810,67 @@ async fn check(d: &Deployment, input: &Input, mut clean: watch::Receiver<Option<
     }
 }
 
+/// The exact candles of the history, computed naively from the input files: every trade applied
+/// to its candle of every interval.
+fn reference(input: &Input) -> BTreeMap<(String, Interval, i64), Candle> {
+    let mut out: BTreeMap<(String, Interval, i64), Candle> = BTreeMap::new();
+    for path in &input.history {
+        let instrument = feed_publisher::replay::instrument_from_file_name(path).unwrap();
+        let received = Timestamp::from_millis(FIRST_MS).unwrap();
+        for (n, line) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
+            let format = feed_publisher::replay::ReplayFormat::BinanceTrades;
+            let Some(t) = feed_publisher::replay::parse_line(format, line, n == 0, &instrument, received).unwrap() else { continue };
+            for interval in Interval::ALL {
+                let key = (t.instrument().to_string(), interval, interval.bucket_start(t.event_time()).as_millis());
+                match out.get_mut(&key) {
+                    Some(c) => c.apply(&t).unwrap(),
+                    None => {
+                        out.insert(key, Candle::from_trade(interval, &t).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The gateway's answers equal the reference: the same candles, each closed and with every field
+/// equal (the version, which counts revisions, aside).
+fn equals_reference(
+    answers: &BTreeMap<String, Vec<serde_json::Value>>,
+    want: &BTreeMap<(String, Interval, i64), Candle>,
+) -> Result<(), String> {
+    let without_state = |mut v: serde_json::Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("closed");
+        o.remove("version");
+        v
+    };
+    let mut compared = 0;
+    for ((instrument, interval, open), candle) in want.range(..) {
+        if *open >= HISTORY_END_MS {
+            continue;
+        }
+        let served = answers.get(&format!("{instrument} {interval}")).ok_or_else(|| format!("no answers for {instrument} {interval}"))?;
+        let Some(got) = served.iter().find(|c| c["open_time"].as_i64() == Some(*open)) else {
+            return Err(format!("the clean pass does not serve the reference candle {instrument} {interval} {open}"));
+        };
+        if got["closed"] != serde_json::Value::Bool(true) {
+            return Err(format!("the clean pass serves an open history candle: {got}"));
+        }
+        let expected: serde_json::Value = serde_json::from_str(&query_gateway::json::candle(candle)).unwrap();
+        if without_state(got.clone()) != without_state(expected.clone()) {
+            return Err(format!("the clean pass differs from the exact reference: served {got}, reference {expected}"));
+        }
+        compared += 1;
+    }
+    let served: usize = answers.values().map(Vec::len).sum();
+    if served != compared {
+        return Err(format!("the clean pass serves {served} history candles, the reference has {compared}"));
+    }
+    Ok(())
+}
+
 async fn clean_pass(input: Arc<Input>) -> Result<(Clean, Outcome), String> {
     let started = Instant::now();
     let mut private = Private::default();
@@ -787,8 +878,11 @@ async fn clean_pass(input: Arc<Input>) -> Result<(Clean, Outcome), String> {
     let result = async {
         d.settle(input.trades, Duration::from_secs(300)).await?;
         let rows = d.rows().await?;
-        let cached = d.cache_check(&rows).await?;
+        let cached = d.cache_check(&rows, false).await?;
         let answers = d.answers().await?;
+        // A deterministic bug would make every pass equal and wrong: the clean pass must also
+        // equal the exact reference.
+        equals_reference(&answers, &reference(&input))?;
         Ok::<_, String>((rows, answers, cached))
     }
     .await;
@@ -805,7 +899,7 @@ async fn clean_pass(input: Arc<Input>) -> Result<(Clean, Outcome), String> {
         restarts,
         seconds: started.elapsed().as_secs_f64(),
         candles: rows.len(),
-        answers: answers.len(),
+        answers: answers.values().map(Vec::len).sum(),
         cached,
         result: Ok(()),
     };
@@ -854,11 +948,21 @@ async fn after_every_drill_the_candles_equal_one_clean_pass() {
     let (clean_tx, clean_rx) = watch::channel(None);
     let permits = Arc::new(Semaphore::new(scale.parallel.max(1)));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
+    // The clean pass takes its place before any drill is spawned: drills wait for its result while
+    // holding their own places, so a clean pass left without one would wait for them forever.
+    let clean_permit = permits.clone().acquire_owned().await.unwrap();
     let clean = {
-        let (input, permits, outcomes) = (input.clone(), permits.clone(), outcomes.clone());
+        let (input, outcomes) = (input.clone(), outcomes.clone());
         tokio::spawn(async move {
-            let _permit = permits.acquire().await.unwrap();
-            match clean_pass(input).await {
+            let _permit = clean_permit;
+            let started = Instant::now();
+            let result = clean_pass(input).await;
+            eprintln!(
+                "faults: clean pass {} after {:.0} s",
+                if result.is_ok() { "done" } else { "FAILED" },
+                started.elapsed().as_secs_f64()
+            );
+            match result {
                 Ok((clean, outcome)) => {
                     outcomes.lock().await.insert(0, outcome);
                     let _ = clean_tx.send(Some(Arc::new(clean)));
@@ -882,6 +986,17 @@ async fn after_every_drill_the_candles_equal_one_clean_pass() {
         drills.push(tokio::spawn(async move {
             let _permit = permits.acquire().await.unwrap();
             let outcome = run_drill(drill, scale, input, clean_rx, seed).await;
+            // Progress as it happens: a run cut short by the test's time limit still shows how far
+            // it got.
+            eprintln!(
+                "faults: {} after {:.0} s: {}",
+                outcome.drill,
+                outcome.seconds,
+                match &outcome.result {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("FAILED: {e}"),
+                }
+            );
             outcomes.lock().await.push(outcome);
         }));
     }
