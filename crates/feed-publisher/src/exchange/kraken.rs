@@ -110,17 +110,11 @@ fn parse_v1(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError> 
             let [price, volume, time, side, ..] = row.as_slice() else {
                 return Err(field("trades", format!("trade {index} has {} fields, expected at least 4", row.len())));
             };
-            let micros = seconds_to_micros(time)?;
-            let id = u64::try_from(micros).map_err(|_| field("time", "negative"))? * 1000 + index as u64;
-            trade(
-                instrument.clone(),
-                id,
-                decimal("price", price)?,
-                decimal("volume", volume)?,
-                taker(side)?,
-                Timestamp::from_micros(micros).map_err(|e| field("time", e))?,
-                received,
-            )
+            // The time is checked before the id is derived from it: inside the supported range
+            // (1970 to 2199) `micros * 1000 + index` is far below u64::MAX; outside, it overflowed.
+            let event_time = Timestamp::from_micros(seconds_to_micros(time)?).map_err(|e| field("time", e))?;
+            let id = u64::try_from(event_time.as_micros()).map_err(|_| field("time", "negative"))? * 1000 + index as u64;
+            trade(instrument.clone(), id, decimal("price", price)?, decimal("volume", volume)?, taker(side)?, event_time, received)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(FeedMessage::Trades(trades))
@@ -132,4 +126,22 @@ fn seconds_to_micros(text: &str) -> Result<i64, ParseError> {
     let scaled = d.rescaled(d.scale().max(6)).ok_or_else(|| field("time", format!("{text:?} out of range")))?;
     let micros = scaled.coefficient() / 10i128.pow(u32::from(scaled.scale() - 6));
     i64::try_from(micros).map_err(|_| field("time", format!("{text:?} out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_time_beyond_the_supported_range_is_refused_not_an_overflow() {
+        // Found by `cargo fuzz` (fuzz/corpus/exchange_kraken/crash-51671a95...): 19957717862 s is
+        // in the year 2602, and its id, micros * 1000, overflowed u64 before the time was checked.
+        let text = r#"[42,[["0.5117","40.00000000","19957717862.08706","b","m",""]],"trade","MATIC/USD"]"#;
+        let err = parse(text, Timestamp::MIN).unwrap_err();
+        assert!(err.to_string().starts_with("time: "), "{err}");
+        // The last second before 2200 still makes a trade, with its id derived from the time.
+        let text = r#"[42,[["0.5117","40","7258118399.999999","b","m",""]],"trade","MATIC/USD"]"#;
+        let FeedMessage::Trades(trades) = parse(text, Timestamp::MIN).unwrap() else { panic!("expected trades") };
+        assert_eq!(trades[0].trade_id(), 7_258_118_399_999_999 * 1000);
+    }
 }
