@@ -180,15 +180,23 @@ impl CandleQuery {
                 (first <= end).then_some(Span { first, last })
             }
             None => {
+                // A bucket can open before 1970 (the week holding 1970-01-01 opens on Monday
+                // 1969-12-29; any bucket cut at a positive offset): none holds a candle, and its
+                // open time is outside the model's range. The span ends at the last bucket holding
+                // `end` and starts at the first one opening in range, on the grid.
                 let last = grid.start(end);
+                if last < Timestamp::MIN {
+                    return None;
+                }
                 let mut first = last;
                 for _ in 1..n {
-                    if first.as_micros() <= 0 {
+                    let prev = grid.prev(first);
+                    if prev < Timestamp::MIN {
                         break;
                     }
-                    first = grid.prev(first);
+                    first = prev;
                 }
-                Some(Span { first: first.max(Timestamp::MIN), last })
+                Some(Span { first, last })
             }
         }
     }
@@ -466,6 +474,24 @@ mod tests {
         let jan_2024 = 1_704_067_200_000;
         let q = query(Interval::Mo1, None, Some(jan_2024 + 40 * 86_400_000), 2);
         assert_eq!(q.span(ts(jan_2024 * 2)), Some(Span { first: ts(jan_2024), last: ts(jan_2024 + 31 * 86_400_000) }));
+    }
+
+    #[test]
+    fn spans_start_at_the_first_bucket_opening_in_1970() {
+        // Found by `cargo fuzz` (fuzz/corpus/gateway_rest_query/crash-16473eee...): a week up to
+        // 1970-01-01T00:00:03.615Z made the span [1970-01-01, 1969-12-29], last before first, and
+        // a longer one started at 1970-01-01, a Thursday off the week grid, so filled pages stepped
+        // through misaligned weeks past the stored ones.
+        let now = ts(1_000_000_000_000);
+        assert_eq!(query(Interval::W1, None, Some(3_615), 500).span(now), None);
+        let (monday, week) = (4 * 86_400_000, 7 * 86_400_000);
+        let q = query(Interval::W1, None, Some(monday + week + 1), 500);
+        assert_eq!(q.span(now), Some(Span { first: ts(monday), last: ts(monday + week) }));
+        // Days cut at +14:00 open at 10:00 UTC: the first one in range is 1970-01-01T10:00Z.
+        let q = CandleQuery { offset: parse_offset("14").unwrap(), ..query(Interval::D1, None, Some(3_600_000), 5) };
+        assert_eq!(q.span(now), None);
+        let q = CandleQuery { offset: parse_offset("14").unwrap(), ..query(Interval::D1, None, Some(86_400_000), 5) };
+        assert_eq!(q.span(now), Some(Span { first: ts(36_000_000), last: ts(36_000_000) }));
     }
 
     #[test]

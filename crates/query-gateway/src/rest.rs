@@ -15,8 +15,9 @@ use futures_util::{SinkExt, StreamExt};
 use warp::http::{Response, StatusCode};
 use warp::ws::{Message, WebSocket};
 use warp::Filter;
-use wick_core::{Candle, Interval, Timestamp, UtcOffset};
+use wick_core::{Candle, Instrument, Interval, Timestamp, UtcOffset};
 
+use crate::config::BinanceConfig;
 use crate::error::ApiError;
 use crate::query::{self, CandleQuery, Fill, Page};
 use crate::read::JsonItems;
@@ -389,20 +390,8 @@ impl Gateway {
         let query_key = pairs.iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.as_str());
         let key = crate::limits::request_key(caller.x_api_key.as_deref(), caller.authorization.as_deref(), query_key);
         self.guard.check(key, caller.address.map(|a| a.ip()))?;
-        let route = route(path).ok_or_else(|| ApiError::NotFound(format!("no route {path}: see /api/openapi.json")))?;
-        let p = params(route, pairs)?;
-        match route.path {
-            "/api/v1/candles" => {
-                let q = CandleQuery {
-                    instrument: query::parse_instrument(&p["instrument"])?,
-                    interval: query::parse_interval("interval", &p["interval"])?,
-                    start: p.get("start").map(|s| query::parse_time("start", s)).transpose()?,
-                    end: p.get("end").map(|s| query::parse_time("end", s)).transpose()?,
-                    limit: query::parse_limit(p.get("limit").map(String::as_str))?,
-                    fill: p.get("fill").map_or(Ok(Fill::None), |f| f.parse())?,
-                    offset: UtcOffset::UTC,
-                };
-                query::check_order(q.start, q.end)?;
+        match parse_request(path, pairs, &self.config.binance, |i| self.read.knows(i))? {
+            ApiRequest::Candles(q) => {
                 if q.fill == Fill::None && !self.read.surely_unknown(&q.instrument) {
                     // The common case: straight from the chunks' rendered JSON.
                     let now = self.clock.now();
@@ -425,7 +414,7 @@ impl Gateway {
                 let page = self.candles(&q).await?;
                 Ok((crate::json::page(&page), page.next_start))
             }
-            "/api/v1/instruments" => {
+            ApiRequest::Instruments => {
                 let list: Vec<serde_json::Value> = self
                     .read
                     .instruments()
@@ -434,36 +423,77 @@ impl Gateway {
                     .collect();
                 Ok((serde_json::json!({ "instruments": list }).to_string(), None))
             }
-            _ => {
-                let b = &self.config.binance;
-                let instrument = query::binance_symbol(&p["symbol"], &b.exchange, &b.quote_assets)?;
-                if !self.read.knows(&instrument) {
-                    return Err(ApiError::invalid("symbol", "Invalid symbol."));
-                }
-                let binance_time = |name: &'static str| -> Result<Option<wick_core::Timestamp>, ApiError> {
-                    p.get(name)
-                        .map(|s| match s.parse::<i64>() {
-                            Ok(ms) if ms >= 0 => query::parse_time(name, &ms.to_string()),
-                            _ => Err(ApiError::invalid(
-                                name,
-                                format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
-                            )),
-                        })
-                        .transpose()
-                };
-                let q = CandleQuery {
-                    instrument,
-                    interval: query::parse_interval("interval", &p["interval"])
-                        .map_err(|_| ApiError::invalid("interval", "Invalid interval."))?,
-                    start: binance_time("startTime")?,
-                    end: binance_time("endTime")?,
-                    limit: query::parse_limit(p.get("limit").map(String::as_str))?,
-                    fill: Fill::Previous,
-                    offset: p.get("timeZone").map_or(Ok(UtcOffset::UTC), |s| query::parse_offset(s))?,
-                };
-                query::check_order(q.start, q.end).map_err(|_| ApiError::invalid("startTime", "startTime must not be after endTime."))?;
-                Ok((klines_body(&self.klines(&q).await?), None))
+            ApiRequest::Klines(q) => Ok((klines_body(&self.klines(&q).await?), None)),
+        }
+    }
+}
+
+/// What a REST request asks for, validated, before anything is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `/api/v1/candles`.
+    Candles(CandleQuery),
+    /// `/api/v1/instruments`.
+    Instruments,
+    /// `/api/v3/klines`.
+    Klines(CandleQuery),
+}
+
+/// Validates a request to `path` with its decoded query `pairs` ([`serde_urlencoded_pairs`]):
+/// the route, its declared parameters, and each parameter's value. `knows` says whether an
+/// instrument has candles: klines refuse an unknown symbol before looking at the other parameters,
+/// as Binance does.
+pub fn parse_request(
+    path: &str,
+    pairs: Vec<(String, String)>,
+    binance: &BinanceConfig,
+    knows: impl Fn(&Instrument) -> bool,
+) -> Result<ApiRequest, ApiError> {
+    let route = route(path).ok_or_else(|| ApiError::NotFound(format!("no route {path}: see /api/openapi.json")))?;
+    let p = params(route, pairs)?;
+    match route.path {
+        "/api/v1/candles" => {
+            let q = CandleQuery {
+                instrument: query::parse_instrument(&p["instrument"])?,
+                interval: query::parse_interval("interval", &p["interval"])?,
+                start: p.get("start").map(|s| query::parse_time("start", s)).transpose()?,
+                end: p.get("end").map(|s| query::parse_time("end", s)).transpose()?,
+                limit: query::parse_limit(p.get("limit").map(String::as_str))?,
+                fill: p.get("fill").map_or(Ok(Fill::None), |f| f.parse())?,
+                offset: UtcOffset::UTC,
+            };
+            query::check_order(q.start, q.end)?;
+            Ok(ApiRequest::Candles(q))
+        }
+        "/api/v1/instruments" => Ok(ApiRequest::Instruments),
+        _ => {
+            let instrument = query::binance_symbol(&p["symbol"], &binance.exchange, &binance.quote_assets)?;
+            if !knows(&instrument) {
+                return Err(ApiError::invalid("symbol", "Invalid symbol."));
             }
+            let binance_time = |name: &'static str| -> Result<Option<wick_core::Timestamp>, ApiError> {
+                p.get(name)
+                    .map(|s| match s.parse::<i64>() {
+                        Ok(ms) if ms >= 0 => query::parse_time(name, &ms.to_string()),
+                        _ => Err(ApiError::invalid(
+                            name,
+                            format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
+                        )),
+                    })
+                    .transpose()
+            };
+            let q = CandleQuery {
+                instrument,
+                interval: query::parse_interval("interval", &p["interval"])
+                    .map_err(|_| ApiError::invalid("interval", "Invalid interval."))?,
+                start: binance_time("startTime")?,
+                end: binance_time("endTime")?,
+                limit: query::parse_limit(p.get("limit").map(String::as_str))?,
+                fill: Fill::Previous,
+                offset: p.get("timeZone").map_or(Ok(UtcOffset::UTC), |s| query::parse_offset(s))?,
+            };
+            query::check_order(q.start, q.end).map_err(|_| ApiError::invalid("startTime", "startTime must not be after endTime."))?;
+            Ok(ApiRequest::Klines(q))
         }
     }
 }
@@ -604,7 +634,7 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
 
 /// The `Link` header (RFC 8288) to the next page: the same query with `start` at `next` (and
 /// without `api_key`, which is the caller's to send again, not the server's to echo).
-fn next_link(path: &str, raw_query: &str, next: Timestamp) -> Option<warp::http::HeaderValue> {
+pub fn next_link(path: &str, raw_query: &str, next: Timestamp) -> Option<warp::http::HeaderValue> {
     let start = format!("start={}", next.as_millis());
     let mut parts: Vec<&str> = raw_query
         .split('&')
@@ -616,7 +646,7 @@ fn next_link(path: &str, raw_query: &str, next: Timestamp) -> Option<warp::http:
 }
 
 /// Splits a query string into decoded pairs.
-fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for part in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -680,7 +710,7 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
                     continue;
                 }
                 let reply = match msg.to_str() {
-                    Ok(text) => handle_client_message(&gw, &mut sub, text),
+                    Ok(text) => handle_client_message(&mut sub, text),
                     Err(()) => ws_json(serde_json::json!({"type": "error", "message": "binary messages are not understood: send JSON text"})),
                 };
                 // A client that sends but never reads must not hold this task forever.
@@ -718,7 +748,9 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
     gw.metrics.ws_clients.dec();
 }
 
-fn handle_client_message(gw: &Gateway, sub: &mut crate::live::Subscriber, text: &str) -> Message {
+/// The reply to one text message of a WebSocket client: `subscribe`, `unsubscribe` or `ping`, or
+/// an error that says what is wrong.
+pub fn handle_client_message(sub: &mut crate::live::Subscriber, text: &str) -> Message {
     let error = |m: String| ws_json(serde_json::json!({"type": "error", "message": m}));
     let msg: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
@@ -753,10 +785,7 @@ fn handle_client_message(gw: &Gateway, sub: &mut crate::live::Subscriber, text: 
                 error(format!("not subscribed to {instrument} {interval}"))
             }
         }
-        other => {
-            let _ = gw;
-            error(format!("unknown op {other:?}: expected subscribe, unsubscribe or ping"))
-        }
+        other => error(format!("unknown op {other:?}: expected subscribe, unsubscribe or ping")),
     }
 }
 
