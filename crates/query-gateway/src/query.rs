@@ -16,7 +16,7 @@
 use std::cmp::Ordering;
 
 use wick_core::time::MICROS_PER_DAY;
-use wick_core::{Candle, Decimal, Instrument, Interval, Timestamp, UtcOffset};
+use wick_core::{Candle, Decimal, Instrument, Interval, Timestamp, TimestampError, UtcOffset};
 
 use crate::error::ApiError;
 
@@ -67,14 +67,37 @@ pub fn parse_interval(param: &'static str, s: &str) -> Result<Interval, ApiError
     s.parse::<Interval>().map_err(|e| ApiError::invalid(param, e.to_string()))
 }
 
-/// Epoch milliseconds, or RFC 3339.
+/// Epoch milliseconds, or RFC 3339. A time before 1970 or after 2199, outside what the model
+/// holds, is read as the first or the last instant it holds: no candle lies beyond either, and
+/// the OpenAPI document can then say exactly which strings are accepted (a pattern cannot tell
+/// `1970-01-01T00:30:00+01:00`, before 1970, from `1970-01-01T01:30:00+01:00`).
 pub fn parse_time(param: &'static str, s: &str) -> Result<Timestamp, ApiError> {
     let parsed = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<i64>().map_err(|e| e.to_string()).and_then(|ms| Timestamp::from_millis(ms).map_err(|e| e.to_string()))
+        // Only more milliseconds than an i64 holds fail to parse: far past 2199.
+        Timestamp::from_millis(s.parse::<i64>().unwrap_or(i64::MAX))
     } else {
-        Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
+        Timestamp::parse_rfc3339(s)
     };
-    parsed.map_err(|e| ApiError::invalid(param, format!("{param}: {e} (expected epoch milliseconds or RFC 3339)")))
+    match parsed {
+        Ok(t) => Ok(t),
+        Err(TimestampError::OutOfRange { micros }) => {
+            let last = Timestamp::END.saturating_sub_micros(1);
+            Ok(if micros < Timestamp::MIN.as_micros() { Timestamp::MIN } else { last })
+        }
+        Err(e) => Err(ApiError::invalid(param, format!("{param}: {e} (expected epoch milliseconds or RFC 3339)"))),
+    }
+}
+
+/// Binance's `startTime` and `endTime`: epoch milliseconds of 1 to 20 digits, no sign (its
+/// documented `^[0-9]{1,20}$`), read as [`parse_time`] reads them.
+pub fn parse_binance_time(param: &'static str, s: &str) -> Result<Timestamp, ApiError> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(
+            param,
+            format!("Illegal characters found in parameter '{param}'; legal range is '^[0-9]{{1,20}}$'."),
+        ));
+    }
+    parse_time(param, s)
 }
 
 pub fn parse_limit(s: Option<&str>) -> Result<usize, ApiError> {
@@ -440,7 +463,24 @@ mod tests {
         assert_eq!(parse_time("start", "1700000000000").unwrap(), ts(1_700_000_000_000));
         assert_eq!(parse_time("start", "2023-11-14T22:13:20Z").unwrap(), ts(1_700_000_000_000));
         assert!(parse_time("start", "yesterday").is_err());
-        assert!(parse_time("start", "99999999999999999999").is_err());
+        assert!(parse_time("start", "").is_err());
+        assert!(parse_time("start", "2023-02-30T00:00:00Z").is_err());
+        // Outside 1970 to 2199: the first or the last instant the model holds, never refused (the
+        // OpenAPI document accepts every such time).
+        let last = Timestamp::END.saturating_sub_micros(1);
+        assert_eq!(parse_time("end", "99999999999999999999").unwrap(), last);
+        assert_eq!(parse_time("end", "7258118400000").unwrap(), last);
+        assert_eq!(parse_time("end", "7258118399999").unwrap(), ts(7_258_118_399_999));
+        assert_eq!(parse_time("end", "9999-12-31T23:59:60-23:59").unwrap(), last);
+        assert_eq!(parse_time("start", "0000-01-01T00:00:00Z").unwrap(), Timestamp::MIN);
+        assert_eq!(parse_time("start", "1970-01-01T00:30:00+01:00").unwrap(), Timestamp::MIN);
+        assert_eq!(parse_time("start", "1970-01-01T01:30:00+01:00").unwrap(), ts(1_800_000));
+        // Binance's times: digits only, as its error says (a sign used to pass as an i64).
+        assert_eq!(parse_binance_time("startTime", "1700000000000").unwrap(), ts(1_700_000_000_000));
+        assert_eq!(parse_binance_time("endTime", "99999999999999999999").unwrap(), last);
+        for bad in ["", "+5", "-0", "-1", "1.5", "123456789012345678901"] {
+            assert!(parse_binance_time("startTime", bad).is_err(), "{bad:?}");
+        }
         assert_eq!(parse_limit(None).unwrap(), 500);
         assert!(parse_limit(Some("1001")).is_err());
         assert!(parse_limit(Some("0")).is_err());

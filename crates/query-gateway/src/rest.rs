@@ -132,8 +132,28 @@ fn params(route: &Route, pairs: Vec<(String, String)>) -> Result<HashMap<&'stati
     Ok(out)
 }
 
-/// The OpenAPI 3.0 document of the REST API, from [`ROUTES`].
-pub fn openapi() -> serde_json::Value {
+/// What [`query::parse_time`] accepts, as an OpenAPI pattern: epoch milliseconds (digits), or RFC
+/// 3339 with a real calendar date (leap years included), a second up to 60, any fraction, `T`, `t`
+/// or a space between date and time, and `Z`, `z` or an offset up to ±23:59.
+pub const TIME_PATTERN: &str = concat!(
+    "^([0-9]+|",
+    "([0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)",
+    "|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])|([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[048]|[2468][048]|[13579][26])00)-02-29)",
+    "[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])",
+    ")$"
+);
+/// What `wick_core::UtcOffset` parses for Binance's `timeZone`: hours, or hours:minutes, of one or
+/// two digits, from -12:00 to +14:00.
+pub const OFFSET_PATTERN: &str = "^(\\+?((0?[0-9]|1[0-3])(:[0-5]?[0-9])?|14(:0{1,2})?)|-((0?[0-9]|1[01])(:[0-5]?[0-9])?|12(:0{1,2})?))$";
+/// What `wick_core::Instrument::new` accepts (with at most 64 bytes).
+pub const INSTRUMENT_PATTERN: &str = "^[A-Z0-9_]+:[A-Z0-9]+-[A-Z0-9]+$";
+/// The shape of a Binance symbol ([`query::binance_symbol`]).
+pub const SYMBOL_PATTERN: &str = "^[A-Z0-9]{2,20}$";
+
+/// The OpenAPI 3.0 document of the REST API, from [`ROUTES`]. `symbols` are the Binance symbols
+/// the gateway has candles for (an unknown one is refused, as Binance does), listed as the only
+/// valid values of `symbol`; `max_source_candles` is the `timeZone` limit (`binance` config).
+pub fn openapi(symbols: &[String], max_source_candles: usize) -> serde_json::Value {
     let error = |binance: bool| {
         if binance {
             serde_json::json!({"type": "object", "properties": {"code": {"type": "integer"}, "msg": {"type": "string"}}, "required": ["code", "msg"]})
@@ -170,15 +190,45 @@ pub fn openapi() -> serde_json::Value {
                 if p.name == "fill" {
                     schema["enum"] = serde_json::json!(["none", "previous"]);
                 }
-                // Exactly what the gateway accepts (wick_core::Instrument::new, query::binance_symbol).
-                if p.name == "instrument" {
-                    schema["pattern"] = "^[A-Z0-9_]+:[A-Z0-9]+-[A-Z0-9]+$".into();
-                    schema["maxLength"] = 64.into();
+                // Exactly what the gateway accepts, checked against the parsers by the tests below
+                // and against the running gateway by schemathesis (tests/contract.rs).
+                let mut description = p.description.to_owned();
+                match p.name {
+                    "instrument" => {
+                        schema["pattern"] = INSTRUMENT_PATTERN.into();
+                        schema["maxLength"] = 64.into();
+                    }
+                    "symbol" if symbols.is_empty() => {
+                        schema["pattern"] = SYMBOL_PATTERN.into();
+                        description.push_str("; none has candles yet, and an unknown symbol is refused (400, -1121)");
+                    }
+                    "symbol" => {
+                        schema["enum"] = symbols.into();
+                        description.push_str("; one with candles (an unknown symbol is refused: 400, -1121)");
+                    }
+                    "start" | "end" => {
+                        schema["pattern"] = TIME_PATTERN.into();
+                        description.push_str(
+                            "; a time before 1970 or after 2199 reads as the first or the last instant stored; start after end is refused",
+                        );
+                    }
+                    "startTime" | "endTime" => {
+                        // Up to 20 digits, as on Binance; OpenAPI 3.0's exclusive bound says 20 nines.
+                        schema = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 1e20, "exclusiveMaximum": true});
+                        description
+                            .push_str(", 1 to 20 digits; after 2199 reads as the last instant stored; startTime after endTime is refused");
+                    }
+                    "timeZone" => {
+                        schema["pattern"] = OFFSET_PATTERN.into();
+                        let _ = write!(
+                            description,
+                            ". An offset that moves the interval's boundaries is answered from smaller stored candles: a request that \
+                             would combine more than {max_source_candles} of them is refused (400, lower the limit)"
+                        );
+                    }
+                    _ => {}
                 }
-                if p.name == "symbol" {
-                    schema["pattern"] = "^[A-Z0-9]{2,20}$".into();
-                }
-                serde_json::json!({"name": p.name, "in": "query", "required": p.required, "description": p.description, "schema": schema})
+                serde_json::json!({"name": p.name, "in": "query", "required": p.required, "description": description, "schema": schema})
             })
             .collect();
         let err = |d: &str| serde_json::json!({"description": d, "content": {"application/json": {"schema": error(r.binance)}}});
@@ -197,7 +247,10 @@ pub fn openapi() -> serde_json::Value {
                 "security": [{}, {"apiKey": []}, {"bearer": []}],
                 "responses": {
                     "200": ok,
-                    "400": err("A parameter is missing or invalid"),
+                    "400": err(
+                        "A parameter is missing, unknown, repeated or invalid, or two of them contradict each other (see their \
+                         descriptions)"
+                    ),
                     "401": err("An API key is required or unknown"),
                     "429": err("Rate limited: see the Retry-After header"),
                     "503": err("The database cannot answer and no cache holds the range"),
@@ -347,6 +400,24 @@ impl Gateway {
         })
     }
 
+    /// The symbols `/api/v3/klines` answers: those of the known instruments of `binance.exchange`
+    /// that read back as the same instrument (`BTCUSDT` -> `BINANCE:BTC-USDT`), sorted.
+    pub fn binance_symbols(&self) -> Vec<String> {
+        let b = &self.config.binance;
+        let mut out: Vec<String> = self
+            .read
+            .instruments()
+            .iter()
+            .filter_map(|i| {
+                let symbol = query::to_binance_symbol(i);
+                query::binance_symbol(&symbol, &b.exchange, &b.quote_assets).is_ok_and(|back| &back == i).then_some(symbol)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Klines for a validated query, with Binance's gap filling and `timeZone`.
     pub async fn klines(&self, q: &CandleQuery) -> Result<Vec<query::Bar>, ApiError> {
         let grid = q.grid();
@@ -471,17 +542,7 @@ pub fn parse_request(
             if !knows(&instrument) {
                 return Err(ApiError::invalid("symbol", "Invalid symbol."));
             }
-            let binance_time = |name: &'static str| -> Result<Option<wick_core::Timestamp>, ApiError> {
-                p.get(name)
-                    .map(|s| match s.parse::<i64>() {
-                        Ok(ms) if ms >= 0 => query::parse_time(name, &ms.to_string()),
-                        _ => Err(ApiError::invalid(
-                            name,
-                            format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."),
-                        )),
-                    })
-                    .transpose()
-            };
+            let binance_time = |name: &'static str| p.get(name).map(|s| query::parse_binance_time(name, s)).transpose();
             let q = CandleQuery {
                 instrument,
                 interval: query::parse_interval("interval", &p["interval"])
@@ -518,7 +579,7 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
     let query = warp::query::<Vec<(String, String)>>().or(warp::any().map(Vec::new)).unify();
 
     let api_gw = gw.clone();
-    let api = warp::get()
+    let api = readable()
         .and(warp::path("api"))
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -535,7 +596,7 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
                     None => ("other", "rest"),
                 };
                 let result = if path == "/api/openapi.json" {
-                    Ok((openapi().to_string(), None))
+                    Ok((openapi(&gw.binance_symbols(), gw.config.binance.max_source_candles).to_string(), None))
                 } else {
                     match serde_urlencoded_pairs(&raw) {
                         Ok(pairs) => gw.rest(&path, pairs, &caller).await,
@@ -598,13 +659,18 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
     let chart = warp::path!("static" / "lightweight-charts.js").map(|| asset(CHART_JS, "application/javascript").into_response());
     let license =
         warp::path!("static" / "LICENSE-lightweight-charts.txt").map(|| asset(CHART_LICENSE, "text/plain; charset=utf-8").into_response());
-    let pages = warp::get().and(index.or(chart).unify().or(license).unify());
+    let pages = readable().and(index.or(chart).unify().or(license).unify());
 
     let not_found_gw = gw.clone();
     let fallback =
         warp::any().and(warp::method()).and(warp::path::full()).map(move |method: warp::http::Method, full: warp::path::FullPath| {
             let (status, e) = if method == warp::http::Method::GET || method == warp::http::Method::HEAD {
-                (404, ApiError::NotFound(format!("no route {}: see /api/openapi.json", full.as_str())))
+                if full.as_str() == "/ws" {
+                    // A plain GET, or a broken handshake, at the WebSocket (it was a 404).
+                    (426, ApiError::invalid("upgrade", "/ws is a WebSocket: connect with Upgrade: websocket (RFC 6455)"))
+                } else {
+                    (404, ApiError::NotFound(format!("no route {}: see /api/openapi.json", full.as_str())))
+                }
             } else {
                 (405, ApiError::invalid("method", format!("method {method} is not allowed: the API is read-only (GET)")))
             };
@@ -614,6 +680,10 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
             if status == 405 {
                 // RFC 9110 section 15.5.6: a 405 lists the methods the resource supports.
                 r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("GET, HEAD"));
+            }
+            if status == 426 {
+                // RFC 9110 section 15.5.22: a 426 names the protocol to upgrade to.
+                r.headers_mut().insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
             }
             r.into_response()
         });
@@ -630,6 +700,12 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
         .max_age(600);
     cors = if origins.iter().any(|o| o == "*") { cors.allow_any_origin() } else { cors.allow_origins(origins.iter().map(String::as_str)) };
     all.with(cors.build()).map(warp::Reply::into_response).boxed()
+}
+
+/// GET, or HEAD: the methods a 405's `Allow` lists. A HEAD is answered as the GET, and hyper sends
+/// its headers without the body (RFC 9110 section 9.3.2).
+fn readable() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
 }
 
 /// The `Link` header (RFC 8288) to the next page: the same query with `start` at `next` (and
@@ -760,9 +836,13 @@ pub fn handle_client_message(sub: &mut crate::live::Subscriber, text: &str) -> M
             ))
         }
     };
-    if msg.op == "ping" {
-        return ws_json(serde_json::json!({"type": "pong"}));
-    }
+    // The op first: an unknown one is named as such, not as a missing instrument.
+    let subscribe = match msg.op.as_str() {
+        "ping" => return ws_json(serde_json::json!({"type": "pong"})),
+        "subscribe" => true,
+        "unsubscribe" => false,
+        other => return error(format!("unknown op {other:?}: expected subscribe, unsubscribe or ping")),
+    };
     let pair = (|| -> Result<(wick_core::Instrument, Interval), ApiError> {
         let instrument = query::parse_instrument(msg.instrument.as_deref().ok_or(ApiError::MissingParameter("instrument"))?)?;
         let interval = query::parse_interval("interval", msg.interval.as_deref().ok_or(ApiError::MissingParameter("interval"))?)?;
@@ -773,19 +853,15 @@ pub fn handle_client_message(sub: &mut crate::live::Subscriber, text: &str) -> M
         Err(e) => return error(e.to_string()),
     };
     let echo = |kind: &str| ws_json(serde_json::json!({"type": kind, "instrument": instrument.as_str(), "interval": interval.as_str()}));
-    match msg.op.as_str() {
-        "subscribe" => match sub.subscribe((instrument.clone(), interval)) {
+    if subscribe {
+        match sub.subscribe((instrument.clone(), interval)) {
             Ok(_) => echo("subscribed"),
             Err(e) => error(e.to_string()),
-        },
-        "unsubscribe" => {
-            if sub.unsubscribe(&(instrument.clone(), interval)) {
-                echo("unsubscribed")
-            } else {
-                error(format!("not subscribed to {instrument} {interval}"))
-            }
         }
-        other => error(format!("unknown op {other:?}: expected subscribe, unsubscribe or ping")),
+    } else if sub.unsubscribe(&(instrument.clone(), interval)) {
+        echo("unsubscribed")
+    } else {
+        error(format!("not subscribed to {instrument} {interval}"))
     }
 }
 
@@ -819,9 +895,50 @@ mod tests {
         );
     }
 
+    /// Every WebSocket control message gets an answer that says what was wrong (docs/BAD_INPUT.md).
+    #[test]
+    fn websocket_control_messages_are_answered_with_what_is_wrong() {
+        let hub = crate::live::Hub::new(8, 2, crate::metrics::Metrics::new());
+        let mut sub = hub.subscriber();
+        let mut reply = |text: &str| -> serde_json::Value {
+            let message = handle_client_message(&mut sub, text);
+            serde_json::from_str(message.to_str().unwrap()).unwrap()
+        };
+        let sub_to = |op: &str, instrument: &str, interval: &str| {
+            serde_json::json!({"op": op, "instrument": instrument, "interval": interval}).to_string()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("{not json".into(), "invalid message (key must be a string"),
+            (r#"{"op":1}"#.into(), "invalid type: integer `1`"),
+            (r#"{"op":"ping","colour":"red"}"#.into(), "unknown field `colour`"),
+            // It used to answer "missing required parameter 'instrument'".
+            (r#"{"op":"dance"}"#.into(), "unknown op \"dance\": expected subscribe, unsubscribe or ping"),
+            (r#"{"op":"subscribe","interval":"1m"}"#.into(), "missing required parameter 'instrument'"),
+            (sub_to("subscribe", "btc", "1m"), "invalid instrument \"btc\""),
+            (sub_to("subscribe", "BINANCE:BTC-USDT", "7s"), "unknown interval \"7s\""),
+            (sub_to("unsubscribe", "BINANCE:BTC-USDT", "1m"), "not subscribed to BINANCE:BTC-USDT 1m"),
+        ];
+        for (text, expected) in &cases {
+            let r = reply(text);
+            assert_eq!(r["type"], "error", "{text}: {r}");
+            assert!(r["message"].as_str().unwrap().contains(expected), "{text}: {r}");
+        }
+        assert_eq!(reply(r#"{"op":"ping"}"#)["type"], "pong");
+        for interval in ["1m", "1h"] {
+            assert_eq!(reply(&sub_to("subscribe", "BINANCE:BTC-USDT", interval))["type"], "subscribed");
+        }
+        let third = reply(&sub_to("subscribe", "BINANCE:BTC-USDT", "1d"));
+        assert_eq!(third["message"], "at most 2 subscriptions per connection", "{third}");
+    }
+
+    fn schema_of(doc: &serde_json::Value, path: &str, name: &str) -> serde_json::Value {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no {name} in {path}"))["schema"].clone()
+    }
+
     #[test]
     fn the_openapi_document_lists_every_route_and_parameter() {
-        let doc = openapi();
+        let doc = openapi(&[], 200_000);
         for r in ROUTES {
             let params = doc["paths"][r.path]["get"]["parameters"].as_array().unwrap();
             assert_eq!(params.len(), r.params.len());
@@ -830,5 +947,65 @@ mod tests {
             doc["paths"]["/api/v3/klines"]["get"]["responses"]["400"]["content"]["application/json"]["schema"]["required"][1],
             "msg"
         );
+        for (path, name, pattern) in [
+            ("/api/v1/candles", "instrument", INSTRUMENT_PATTERN),
+            ("/api/v1/candles", "start", TIME_PATTERN),
+            ("/api/v1/candles", "end", TIME_PATTERN),
+            ("/api/v3/klines", "timeZone", OFFSET_PATTERN),
+            ("/api/v3/klines", "symbol", SYMBOL_PATTERN),
+        ] {
+            assert_eq!(schema_of(&doc, path, name)["pattern"], pattern, "{path} {name}");
+        }
+        // Binance's times: up to 20 digits, so below 10^20.
+        let start_time = schema_of(&doc, "/api/v3/klines", "startTime");
+        assert_eq!((start_time["minimum"].as_i64(), start_time["maximum"].as_f64()), (Some(0), Some(1e20)));
+        assert_eq!(start_time["exclusiveMaximum"], true);
+    }
+
+    /// Found by schemathesis: `symbol=00` matched the document's pattern and was refused (400,
+    /// -1121, as Binance refuses an unknown symbol). The document lists the symbols with candles.
+    #[test]
+    fn the_openapi_document_lists_the_symbols_klines_answers() {
+        let doc = openapi(&["BTCUSDT".to_owned(), "ETHBTC".to_owned()], 200_000);
+        let symbol = schema_of(&doc, "/api/v3/klines", "symbol");
+        assert_eq!(symbol["enum"], serde_json::json!(["BTCUSDT", "ETHBTC"]));
+        assert!(symbol.get("pattern").is_none(), "{symbol}");
+        let time_zone = doc["paths"]["/api/v3/klines"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "timeZone");
+        assert!(time_zone.unwrap()["description"].as_str().unwrap().contains("more than 200000"), "{time_zone:?}");
+    }
+
+    /// The document's patterns against the parsers they describe, both ways: what a pattern
+    /// matches is accepted, and what a parser accepts matches (strings from the pattern itself
+    /// and near misses from a looser one). Schemathesis found `end=` and `start=1333-02-24t05:22:03+22:21`
+    /// (valid by the document, refused by the gateway) before these patterns.
+    #[test]
+    fn the_documents_patterns_accept_exactly_what_the_parsers_accept() {
+        use proptest::prelude::*;
+        use proptest::string::string_regex;
+        use proptest::test_runner::{Config, TestRunner};
+
+        fn both_ways(pattern: &str, max_length: usize, loose: &str, accepts: impl Fn(&str) -> bool) {
+            let matcher = regex::Regex::new(pattern).unwrap();
+            let exact = string_regex(pattern.trim_start_matches('^').trim_end_matches('$')).unwrap();
+            let near = string_regex(loose).unwrap();
+            let mut runner = TestRunner::new(Config { cases: 4000, failure_persistence: None, ..Config::default() });
+            runner
+                .run(&prop_oneof![exact, near], |s| {
+                    prop_assert_eq!(matcher.is_match(&s) && s.len() <= max_length, accepts(&s), "{:?} against {}", s, pattern);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        both_ways(
+            TIME_PATTERN,
+            usize::MAX,
+            "[0-9]{0,22}|[0-9]{4}-02-(28|29|30)T00:00:00Z|[0-9]{4}-(0[0-9]|1[0-3])-[0-3][0-9][Tt x][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,3})?([Zzx]|[+-][0-2][0-9]:?[0-6][0-9])?",
+            |s| query::parse_time("start", s).is_ok(),
+        );
+        both_ways(OFFSET_PATTERN, usize::MAX, "[+-]?[0-9]{0,3}(:[0-9]{0,3})?", |s| query::parse_offset(s).is_ok());
+        // With the document's maxLength, 64.
+        both_ways(INSTRUMENT_PATTERN, 64, "[A-Za-z0-9_:-]{0,12}|[A-Z]{1,30}:[A-Z]{1,20}-[A-Z]{1,20}", |s| {
+            query::parse_instrument(s).is_ok()
+        });
     }
 }

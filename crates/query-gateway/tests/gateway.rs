@@ -807,6 +807,16 @@ async fn standard_clients_and_bad_requests() {
     let post = curl(&format!("{}/api/v1/candles", gw.http), &["-X", "POST"]).await;
     assert_eq!(post.status, 405, "{}", post.body);
     assert_eq!(post.header("allow"), Some("GET, HEAD"), "a 405 says which methods are allowed");
+    // And both are: a HEAD is answered as the GET, without the body (it was a 404).
+    let head = curl(&format!("{}/api/v1/candles?instrument=BINANCE:BTC-USDT&interval=1h&limit=2", gw.http), &["-I"]).await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""), "{head:?}");
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    assert_eq!(curl(&format!("{}/", gw.http), &["-I"]).await.status, 200);
+    assert_eq!(curl(&format!("{}/api/v2/candles", gw.http), &["-I"]).await.status, 404);
+    // The WebSocket without the handshake: 426 and what to do, not "no route /ws".
+    let plain = get(&gw.http, "/ws").await;
+    assert_eq!((plain.status, plain.header("upgrade")), (426, Some("websocket")), "{plain:?}");
+    assert!(plain.json()["message"].as_str().unwrap().contains("Upgrade: websocket"), "{plain:?}");
     let openapi = get(&gw.http, "/api/openapi.json").await.json();
     assert_eq!(openapi["openapi"], "3.0.3");
     assert!(openapi["paths"]["/api/v3/klines"]["get"]["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "timeZone"));
@@ -815,7 +825,8 @@ async fn standard_clients_and_bad_requests() {
         openapi["paths"][path]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
     };
     assert_eq!(schema_of("/api/v1/candles", "instrument")["pattern"], "^[A-Z0-9_]+:[A-Z0-9]+-[A-Z0-9]+$");
-    assert_eq!(schema_of("/api/v3/klines", "symbol")["pattern"], "^[A-Z0-9]{2,20}$");
+    // Binance refuses an unknown symbol (-1121): the document lists the known ones.
+    assert_eq!(schema_of("/api/v3/klines", "symbol")["enum"], serde_json::json!(["BTCUSDT", "ETHUSDT"]));
     for path in ["/api/v1/candles?instrument=&interval=1m", "/api/v3/klines?symbol=&interval=1m"] {
         assert_eq!(get(&gw.http, path).await.status, 400, "{path}");
     }
