@@ -5,9 +5,12 @@
 //!   linger, size limit, lz4, bounded memory and a dead-letter path (partitions by Kafka's murmur2,
 //!   `wick_kafka::partitioner`).
 //! - [`run`]: the `simulate` ([`simulate`]) and `replay` ([`replay`]) commands.
+//! - [`backfill`]: the `backfill` command: historical trades from Binance's REST API, rate
+//!   limited, retried, resumable.
 //! - [`live`]: the `live` command's WebSocket sessions (subscribe, keep alive, reconnect with
 //!   backoff, de-duplicate, count gaps) over [`exchange`]'s message parsers and symbol mapping.
 
+pub mod backfill;
 pub mod config;
 pub mod exchange;
 pub mod live;

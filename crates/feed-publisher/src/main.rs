@@ -66,6 +66,39 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Historical trades from an exchange's public REST API, then exits: Binance `aggTrades`
+    /// (the trades and ids of the live `aggTrade` feed), rate limited and retried (429 and 418
+    /// wait `Retry-After`). Each symbol's last acknowledged trade is kept in a state file, so
+    /// `--resume` continues where a failed run stopped and publishes nothing twice.
+    Backfill {
+        /// binance (coinbase and kraken are not implemented yet).
+        #[arg(long)]
+        exchange: feed_publisher::exchange::Exchange,
+        /// The exchange's own symbols, e.g. BTCUSDT,ETHUSDT.
+        #[arg(long, num_args = 1.., value_delimiter = ',', required = true)]
+        symbols: Vec<String>,
+        /// First trade time, inclusive: RFC 3339 or a UTC date (2024-05-01).
+        #[arg(long, value_parser = feed_publisher::backfill::parse_time)]
+        start: wick_core::Timestamp,
+        /// Last trade time, exclusive: RFC 3339 or a UTC date.
+        #[arg(long, value_parser = feed_publisher::backfill::parse_time)]
+        end: wick_core::Timestamp,
+        /// Continue after the last acknowledged trade of each symbol's state file.
+        #[arg(long)]
+        resume: bool,
+        /// Directory of the state files (backfill-<exchange>-<symbol>.json).
+        #[arg(long, default_value = ".")]
+        state_dir: PathBuf,
+        /// The REST API's base URL.
+        #[arg(long, default_value = feed_publisher::backfill::BINANCE_URL)]
+        url: String,
+        /// Requests per minute (Binance: 6,000 weight per minute, aggTrades weighs 2).
+        #[arg(long, default_value_t = feed_publisher::backfill::BINANCE_REQUESTS_PER_MINUTE)]
+        requests_per_minute: u32,
+        /// Retries of one request before giving up (the state file keeps what was published).
+        #[arg(long, default_value_t = 8)]
+        retries: usize,
+    },
     /// Replays history files in order and exits: Binance public-data trades or aggTrades CSV
     /// (with or without a header; millisecond or microsecond times), or JSON lines of normalized
     /// trades. Lines that cannot be parsed go to the dead-letter topic.
@@ -112,6 +145,29 @@ async fn main() -> Result<()> {
                 idle_timeout: std::time::Duration::from_secs(30),
             };
             feed_publisher::live::run(&settings, &producer, &metrics, clock, &shutdown).await
+        }
+        Command::Backfill { exchange, symbols, start, end, resume, state_dir, url, requests_per_minute, retries } => {
+            let settings = feed_publisher::backfill::BackfillSettings {
+                exchange,
+                symbols,
+                start,
+                end,
+                base_url: url,
+                state_dir,
+                resume,
+                requests_per_minute: std::num::NonZeroU32::new(requests_per_minute)
+                    .ok_or_else(|| anyhow::anyhow!("--requests-per-minute must be positive"))?,
+                max_retries: retries,
+                min_backoff: std::time::Duration::from_millis(500),
+                max_backoff: std::time::Duration::from_secs(60),
+            };
+            feed_publisher::backfill::run(&settings, &producer, clock, &shutdown).await.map(|report| {
+                println!(
+                    "{} requests, {} retried ({} rate limited, {} IP bans)",
+                    report.requests, report.retried, report.rate_limited, report.banned
+                );
+                report.summary
+            })
         }
         Command::Replay { files, instrument, speed } => {
             let instrument = instrument.map(|i| Instrument::new(&i)).transpose()?;
