@@ -276,7 +276,9 @@ async fn the_openapi_document_says_exactly_what_the_gateway_answers() {
         }
     }
     // The instruments have no parameter but the key: few distinct requests exist.
-    for (operation, least) in [("GET /api/v1/candles", 100), ("GET /api/v3/klines", 100), ("GET /api/v1/instruments", 5)] {
+    for (operation, least) in
+        [("GET /api/v1/candles", 100), ("GET /api/v3/klines", 100), ("GET /api/v3/uiKlines", 100), ("GET /api/v1/instruments", 5)]
+    {
         let n = cases.get(operation).copied().unwrap_or(0);
         assert!(n >= least, "schemathesis tested {operation} with {n} cases, fewer than {least} (all: {cases:?}):\n{stdout}");
     }

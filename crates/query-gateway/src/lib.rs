@@ -6,6 +6,7 @@
 //! the subscription hub), [`rest`] and [`grpc`] (the protocols), [`limits`] (API keys and rate
 //! limits), [`error`] (one error type for all of them).
 
+pub mod binance_ws;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -14,6 +14,8 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt};
 use warp::http::{Response, StatusCode};
 use warp::ws::{Message, WebSocket};
+
+use crate::binance_ws::{Connection, Framing, Protocol};
 use warp::Filter;
 use wick_core::{Candle, Instrument, Interval, Timestamp, UtcOffset};
 
@@ -48,6 +50,17 @@ const fn param(name: &'static str, required: bool, kind: &'static str, descripti
 }
 
 const INTERVALS: &str = "1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M";
+
+/// The parameters of Binance's `/api/v3/klines` and `/api/v3/uiKlines`.
+const KLINE_PARAMS: &[Param] = &[
+    param("symbol", true, "string", "Binance symbol, e.g. BTCUSDT"),
+    param("interval", true, "string", "One of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"),
+    param("startTime", false, "integer", "Epoch milliseconds, UTC"),
+    param("endTime", false, "integer", "Epoch milliseconds, UTC"),
+    param("timeZone", false, "string", "UTC offset of the interval boundaries: hours or hours:minutes from -12:00 to +14:00, default 0"),
+    param("limit", false, "integer", "1 to 1000, default 500"),
+    param("api_key", false, "string", "API key, when the x-api-key header cannot be sent"),
+];
 
 pub const ROUTES: &[Route] = &[
     Route {
@@ -90,20 +103,14 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v3/klines",
         summary: "Binance's klines: the same request and response as Binance's public endpoint, for instruments of the configured \
                   default exchange (symbol BTCUSDT means BINANCE:BTC-USDT).",
-        params: &[
-            param("symbol", true, "string", "Binance symbol, e.g. BTCUSDT"),
-            param("interval", true, "string", "One of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"),
-            param("startTime", false, "integer", "Epoch milliseconds, UTC"),
-            param("endTime", false, "integer", "Epoch milliseconds, UTC"),
-            param(
-                "timeZone",
-                false,
-                "string",
-                "UTC offset of the interval boundaries: hours or hours:minutes from -12:00 to +14:00, default 0",
-            ),
-            param("limit", false, "integer", "1 to 1000, default 500"),
-            param("api_key", false, "string", "API key, when the x-api-key header cannot be sent"),
-        ],
+        params: KLINE_PARAMS,
+        binance: true,
+    },
+    Route {
+        path: "/api/v3/uiKlines",
+        summary: "Binance's uiKlines (klines for charts): the same request and response as /api/v3/klines; on Wick both are the \
+                  exact candles.",
+        params: KLINE_PARAMS,
         binance: true,
     },
 ];
@@ -619,15 +626,22 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
         });
 
     let ws_gw = gw.clone();
-    let ws = warp::path("ws")
-        .and(warp::path::end())
+    // `/ws`: Wick's protocol (or Binance's, when the first message is a Binance method);
+    // `/ws/<names>`: Binance raw streams; `/stream?streams=<names>`: Binance combined streams.
+    let ws_path = warp::path("ws")
+        .and(warp::path::tail())
+        .map(|tail: warp::path::Tail| Some(tail.as_str().to_owned()))
+        .or(warp::path("stream").and(warp::path::end()).map(|| None))
+        .unify();
+    let ws = ws_path
         .and(warp::ws())
         .and(query)
         .and(warp::header::optional::<String>("x-api-key"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::addr::remote())
         .map(
-            move |ws: warp::ws::Ws,
+            move |tail: Option<String>,
+                  ws: warp::ws::Ws,
                   pairs: Vec<(String, String)>,
                   x_api_key: Option<String>,
                   authorization: Option<String>,
@@ -635,22 +649,33 @@ pub fn routes(gw: Arc<Gateway>) -> warp::filters::BoxedFilter<(warp::reply::Resp
                 let gw = ws_gw.clone();
                 let query_key = pairs.iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.as_str());
                 let key = crate::limits::request_key(x_api_key.as_deref(), authorization.as_deref(), query_key);
-                let checked = gw.guard.check(key, address.map(|a| a.ip())).and_then(|()| {
-                    if gw.metrics.ws_clients.get() >= gw.config.live.max_connections as i64 {
-                        Err(ApiError::Unavailable(format!("at most {} WebSocket connections", gw.config.live.max_connections)))
-                    } else {
-                        Ok(())
-                    }
-                });
+                let (label, binance) = match tail.as_deref() {
+                    Some("") => ("/ws", false),
+                    Some(_) => ("/ws/<streams>", true),
+                    None => ("/stream", true),
+                };
+                let checked = gw
+                    .guard
+                    .check(key, address.map(|a| a.ip()))
+                    .and_then(|()| {
+                        if gw.metrics.ws_clients.get() >= gw.config.live.max_connections as i64 {
+                            Err(ApiError::Unavailable(format!("at most {} WebSocket connections", gw.config.live.max_connections)))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|()| ws_streams(tail.as_deref(), &pairs, &gw.config));
                 gw.metrics.request(
                     "ws",
-                    "/ws",
+                    label,
                     if checked.is_ok() { 101 } else { checked.as_ref().err().map_or(400, ApiError::http_status) },
                     0.0,
                 );
                 match checked {
-                    Err(e) => error_response(&e, false).into_response(),
-                    Ok(()) => ws.max_message_size(64 * 1024).on_upgrade(move |socket| websocket(gw, socket)).into_response(),
+                    Err(e) => error_response(&e, binance).into_response(),
+                    Ok((protocol, streams)) => {
+                        ws.max_message_size(64 * 1024).on_upgrade(move |socket| websocket(gw, socket, protocol, streams)).into_response()
+                    }
                 }
             },
         );
@@ -765,12 +790,42 @@ fn ws_json(v: serde_json::Value) -> Message {
     Message::text(v.to_string())
 }
 
+/// The protocol and the Binance streams a WebSocket path names: `/ws` (decided by the first
+/// message), `/ws/<names>` (Binance raw streams), `/stream?streams=<names>` (Binance combined).
+fn ws_streams(
+    tail: Option<&str>,
+    pairs: &[(String, String)],
+    config: &crate::config::Config,
+) -> Result<(Protocol, Vec<(String, crate::live::Series)>), ApiError> {
+    let max = config.live.max_subscriptions;
+    let names = |param: &'static str, names: &str| {
+        crate::binance_ws::parse_streams(names, &config.binance, max).map_err(|e| ApiError::invalid(param, e))
+    };
+    match tail {
+        Some("") => Ok((Protocol::Undecided, Vec::new())),
+        Some(tail) => {
+            let decoded = serde_urlencoded_pairs(&format!("s={tail}"))?.pop().map(|(_, v)| v).unwrap_or_default();
+            Ok((Protocol::Binance(Framing::Raw), names("stream", &decoded)?))
+        }
+        None => {
+            let given: Vec<&str> = pairs.iter().filter(|(k, _)| k == "streams").map(|(_, v)| v.as_str()).collect();
+            match given.as_slice() {
+                [] => Ok((Protocol::Binance(Framing::Combined), Vec::new())),
+                [one] => Ok((Protocol::Binance(Framing::Combined), names("streams", one)?)),
+                _ => Err(ApiError::invalid("streams", "streams is given more than once: name every stream in one, separated by /")),
+            }
+        }
+    }
+}
+
 /// One WebSocket connection: subscription messages in, candle events out.
-async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
+async fn websocket(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, streams: Vec<(String, crate::live::Series)>) {
     gw.metrics.ws_clients.inc();
     let (mut tx, mut rx) = socket.split();
-    let mut sub = gw.hub.subscriber();
-    let state = sub.state.clone();
+    let mut conn = Connection::new(gw.hub.subscriber(), protocol, gw.config.binance.clone());
+    // Checked against the limit before the upgrade.
+    let _ = conn.subscribe_streams(streams);
+    let state = conn.sub.state.clone();
     let fetch_to_send = gw.metrics.hop_seconds.with_label_values(&["fetch_to_send"]);
     let close = loop {
         tokio::select! {
@@ -786,7 +841,7 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
                     continue;
                 }
                 let reply = match msg.to_str() {
-                    Ok(text) => handle_client_message(&mut sub, text),
+                    Ok(text) => Message::text(conn.on_text(text)),
                     Err(()) => ws_json(serde_json::json!({"type": "error", "message": "binary messages are not understood: send JSON text"})),
                 };
                 // A client that sends but never reads must not hold this task forever.
@@ -796,20 +851,21 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
                     Err(_) => break Some("not reading: a reply waited 10 s".to_owned()),
                 }
             }
-            pushed = sub.rx.recv() => {
+            pushed = conn.sub.rx.recv() => {
                 let Some(event) = pushed else { break None };
+                let Some(text) = conn.render(&event, gw.clock.now().as_millis()) else { continue };
                 // A client that stops reading blocks this send once the socket buffers fill: its
                 // queue then fills, the hub drops it, and the connection is closed here.
                 tokio::select! {
-                    sent = tx.send(Message::text(event.json())) => {
+                    sent = tx.send(Message::text(text)) => {
                         if sent.is_err() { break None }
                         fetch_to_send.observe(event.fetched.elapsed().as_secs_f64());
                     }
-                    _ = state.dropped() => break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", sub.buffer())),
+                    _ = state.dropped() => break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", conn.sub.buffer())),
                 }
             }
             _ = state.dropped() => {
-                break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", sub.buffer()));
+                break Some(format!("too slow: more than {} candle events queued; reconnect and resubscribe", conn.sub.buffer()));
             }
             _ = gw.shutdown.requested() => break Some("server shutting down".to_owned()),
         }
@@ -820,7 +876,7 @@ async fn websocket(gw: Arc<Gateway>, socket: WebSocket) {
         // A slow client gets a while to read up to the close frame; then the socket is dropped.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tx.send(Message::close_with(code, reason))).await;
     }
-    drop(sub);
+    drop(conn);
     gw.metrics.ws_clients.dec();
 }
 

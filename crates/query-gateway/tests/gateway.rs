@@ -724,6 +724,9 @@ async fn standard_clients_and_bad_requests() {
     let ours = get(&gw.http, &format!("/api/v3/klines?symbol=BTCUSDT&interval=1h&startTime={first_ms}&limit=24&timeZone=8")).await.json();
     assert_eq!(binance["klines"], ours);
     assert_eq!(ours.as_array().unwrap().len(), 24);
+    // uiKlines, Binance's klines for charts, answers the same.
+    let ui = get(&gw.http, &format!("/api/v3/uiKlines?symbol=BTCUSDT&interval=1h&startTime={first_ms}&limit=24&timeZone=8")).await.json();
+    assert_eq!(ui, ours);
     // From the epoch, as clients do to find a symbol's first kline: Binance answers from it.
     let earliest = get(&gw.http, "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=0&limit=1").await.json();
     let first_btc = trades.iter().filter(|t| t.instrument().as_str() == "BINANCE:BTC-USDT").map(|t| t.event_time()).min().unwrap();
@@ -1380,5 +1383,97 @@ async fn a_gateway_started_without_the_writers_offsets_misses_no_unstored_candle
     let got = answer_candles(&body);
     assert_eq!(got.len(), 1, "the unstored candle is answered: {body}");
     same_values(&got[0], last);
+    gw.service.stop().await;
+}
+
+/// A Binance WebSocket client reads Wick's kline streams unchanged: the raw stream
+/// `/ws/<symbol>@kline_<interval>`, the combined `/stream?streams=...`, and Binance's own Python
+/// connector subscribing with its `kline()` calls; a bad stream name is refused before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binance_kline_streams_serve_binance_clients() {
+    let env = env().await;
+    let gw = start_gateway(gateway_config(&env)).await;
+    let ws_base = gw.http.replace("http://", "ws://");
+    let (mut raw, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws/btcusdt@kline_1m")).await.unwrap();
+    let (mut combined, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/stream?streams=btcusdt@kline_1m/ethusdt@kline_1h")).await.unwrap();
+    // Binance's connector, combined and not: it connects to `/ws` or `/stream` and sends SUBSCRIBE.
+    let mut connectors = Vec::new();
+    for combined in ["0", "1"] {
+        let mut child = tokio::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/binance_stream.py"))
+            .args([ws_base.as_str(), combined, "2", "btcusdt:1m"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with binance-connector (pip install binance-connector)");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the connector answers").unwrap();
+        let first: serde_json::Value = serde_json::from_str(&first.expect("a line from the connector")).unwrap();
+        assert_eq!(first["subscribed"], serde_json::json!({"result": null, "id": 1}), "{first}");
+        connectors.push((child, lines));
+    }
+
+    let open = one_trade_candle("BINANCE:BTC-USDT", Interval::M1, 0, 7, false);
+    let closed = one_trade_candle("BINANCE:BTC-USDT", Interval::M1, 0, 7, true);
+    publish_candles(
+        &env.candles,
+        &[
+            (CandleEventKind::Update, one_trade_candle("BINANCE:BTC-USDT", Interval::M5, 0, 7, false)),
+            (CandleEventKind::Update, open.clone()),
+            (CandleEventKind::Final, closed.clone()),
+        ],
+    )
+    .await;
+    let want = |c: &Candle| serde_json::from_str::<serde_json::Value>(&query_gateway::binance_ws::kline_event(c, 0)).unwrap()["k"].clone();
+    for (i, expected) in [&open, &closed].into_iter().enumerate() {
+        let k = next_json(&mut raw).await;
+        assert_eq!((k["e"].as_str(), k["s"].as_str()), (Some("kline"), Some("BTCUSDT")), "{k}");
+        assert!(k["E"].as_i64().unwrap() > 1_700_000_000_000, "{k}");
+        assert_eq!(k["k"], want(expected), "raw event {i}");
+        assert_eq!(k["k"]["x"], i == 1);
+        let c = next_json(&mut combined).await;
+        assert_eq!(c["stream"], "btcusdt@kline_1m", "{c}");
+        assert_eq!(c["data"]["k"], want(expected), "combined event {i}");
+    }
+    assert_eq!(want(&open)["t"], 1_699_999_980_000_i64, "the minute of 1_700_000_000_000");
+    assert_eq!(want(&open)["T"], 1_700_000_039_999_i64);
+    for (mut child, mut lines) in connectors {
+        let mut events = Vec::new();
+        while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap() {
+            events.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+        assert_eq!(events.last(), Some(&serde_json::json!({"done": true})), "{events:?}");
+        let klines: Vec<&serde_json::Value> =
+            events.iter().filter_map(|e| e.get("data").or(Some(e))).filter(|e| e["e"] == "kline").collect();
+        assert_eq!(klines.len(), 2, "{events:?}");
+        assert_eq!(klines[0]["k"], want(&open));
+        assert_eq!(klines[1]["k"], want(&closed));
+        assert!(child.wait().await.unwrap().success());
+    }
+
+    // Refused before the upgrade, with what is wrong.
+    for (path, says) in [
+        ("/ws/btcusdt@trade", "unknown stream"),
+        ("/ws/btcusdt@kline_7m", "invalid interval"),
+        ("/stream?streams=btcusdt@kline_1m&streams=ethusdt@kline_1m", "streams"),
+    ] {
+        let refused = curl(
+            &format!("{}{path}", gw.http),
+            &[
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ],
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{path}: {refused:?}");
+        assert!(refused.body.contains(says), "{path}: {refused:?}");
+    }
     gw.service.stop().await;
 }
