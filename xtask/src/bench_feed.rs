@@ -60,7 +60,7 @@ pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
 
 /// Median trades per second of `RUNS` replays with `compression`.
 fn replay_rate(compression: &str, suffix: &str) -> Result<f64> {
-    let binary = root().join("target/release/feed-publisher");
+    let binary = crate::util::target_dir().join("release/feed-publisher");
     let (topic, dlq) = (format!("bench-market-events-{suffix}-{compression}"), format!("bench-market-events-dlq-{suffix}-{compression}"));
     create_topic(&topic, 16)?;
     create_topic(&dlq, 1)?;

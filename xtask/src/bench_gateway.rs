@@ -47,7 +47,7 @@ fn free_port() -> Result<u16> {
 fn start(name: &'static str, l1: bool, redis: bool, schema: &str, topic: &str, prefix: &str) -> Result<Gateway> {
     let (http, grpc, ops) =
         (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-    let child = Command::new(root().join("target/release/query-gateway"))
+    let child = Command::new(crate::util::target_dir().join("release/query-gateway"))
         .env("WICK__HTTP__LISTEN", &http)
         .env("WICK__GRPC__LISTEN", &grpc)
         .env("WICK__OPS__LISTEN", &ops)
@@ -123,7 +123,7 @@ pub fn measure() -> Result<()> {
     let suffix = format!("{}{}", std::process::id(), Instant::now().elapsed().as_nanos() % 1000);
     let (schema, topic, prefix) = (format!("bench_gw_{suffix}"), format!("bench-gw-candles-{suffix}"), format!("bench-gw-{suffix}"));
     crate::bench_feed::create_topic(&topic, 4)?;
-    let load = root().join("target/release/examples/gateway_load");
+    let load = crate::util::target_dir().join("release/examples/gateway_load");
     let first: i64 =
         output(Command::new(&load).args(["fixture", "postgres://postgres@127.0.0.1:5432/wick", &schema, &CANDLES.to_string()]))?
             .trim()

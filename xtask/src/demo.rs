@@ -141,7 +141,7 @@ impl Deployment {
         let logs = root().join("target/demo");
         fs::create_dir_all(&logs)?;
         let log = fs::File::create(logs.join(format!("{service}.log")))?;
-        let mut cmd = Command::new(root().join("target/release").join(service));
+        let mut cmd = Command::new(crate::util::target_dir().join("release").join(service));
         cmd.args(args).envs(self.env(service)).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {service}"))?;
         Ok(Service { name: service, child })
@@ -387,7 +387,7 @@ fn check_a_trade(services: &mut [Service], d: &Deployment) -> Result<()> {
         "instrument": PROBE, "trade_id": trade_id, "price": price, "quantity": "1.5", "side": "buy", "event_time": micros,
     });
     fs::write(&file, format!("{line}\n"))?;
-    let mut publish = Command::new(root().join("target/release/feed-publisher"));
+    let mut publish = Command::new(crate::util::target_dir().join("release/feed-publisher"));
     publish.arg("replay").arg(&file).envs(d.env("feed-publisher")).env("WICK__OPS__LISTEN", "127.0.0.1:0");
     let out = publish.output().context("running feed-publisher replay")?;
     if !out.status.success() {
