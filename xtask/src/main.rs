@@ -9,6 +9,7 @@ mod ci;
 mod demo;
 mod deploy_check;
 mod faults;
+mod fuzz;
 mod stack;
 mod util;
 
@@ -26,6 +27,7 @@ Commands:
   bench   [--report | aggregate ring broker feed store ingest gateway system]: run the benchmarks, write docs/BENCHMARKS.md
   faults  [ROUNDS [TRADES]]: the fault-injection drills, larger than in CI, with their summary table
   deploy-check  validate deploy/ offline: Helm charts, Kubernetes schemas, alert rules, dashboard, compose, metric names
+  fuzz    [--seconds N] [TARGET...]: every cargo-fuzz target (fuzz/) built once and run N s each (default 20), memory-limited
 ";
 
 fn main() -> Result<()> {
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run_demo(&args[1..]),
         Some("faults") => faults::run_faults(&args[1..]),
         Some("deploy-check") => deploy_check::run_deploy_check(),
+        Some("fuzz") => fuzz::run_fuzz(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())
