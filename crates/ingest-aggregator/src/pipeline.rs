@@ -671,6 +671,16 @@ impl Fetcher {
                                 );
                                 self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "future", &detail, r.offset, &shutdown).await?;
                             }
+                            // Refused at the door: its week would open before the epoch,
+                            // which no candle can hold (see `EARLIEST_EVENT_TIME`).
+                            Ok(t) if t.event_time() < wick_core::EARLIEST_EVENT_TIME => {
+                                let detail = format!(
+                                    "event time {} is before {}, the first Monday after the epoch: its 1w candle would open before 1970",
+                                    t.event_time(),
+                                    wick_core::EARLIEST_EVENT_TIME
+                                );
+                                self.dead_letter(&dlq, wick_wire::encode_json_trade(&t), "too_early", &detail, r.offset, &shutdown).await?;
+                            }
                             Ok(t) => trades.push((r.offset, t)),
                             Err(refused) => {
                                 let reason = refused.error.reason();

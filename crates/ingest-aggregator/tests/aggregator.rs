@@ -542,7 +542,7 @@ async fn a_broker_outage_longer_than_the_revision_window_during_a_replay_loses_n
     wait_for_finals_from(&client, &env.candles, &want, &sentinels, Duration::from_secs(120)).await;
     let metrics = running.stop().await;
     assert_eq!((metrics.too_late.get(), metrics.late.get()), (0, 0), "no good trade became late");
-    let refused: u64 = ["too_late", "overflow", "future", "malformed", "dedup_full"]
+    let refused: u64 = ["too_late", "overflow", "future", "too_early", "malformed", "dedup_full"]
         .iter()
         .map(|r| metrics.dead_letters.with_label_values(&[r]).get())
         .sum();
@@ -574,6 +574,8 @@ async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_change
             r#"{{"instrument":"BINANCE:BTC-USDT","trade_id":900002,"price":"100.123456789012345678","quantity":"0.123456789012345678","event_time":"{in_the_middle}"}}"#
         ),
         r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900003,"price":"100","quantity":"1","event_time":-5}"#.to_owned(),
+        r#"{"instrument":"BINANCE:BTC-USDT","trade_id":900005,"price":"100","quantity":"1","event_time":"1970-01-04T23:59:59.999999Z"}"#
+            .to_owned(),
     ];
     produce(&env.market, &first.concat(), 200).await;
     pc.produce(hostile.iter().map(|h| json(h)).collect(), rskafka::client::partition::Compression::NoCompression).await.unwrap();
@@ -606,8 +608,8 @@ async fn hostile_trades_are_refused_each_with_its_reason_and_nothing_else_change
     let metrics = running.stop().await;
     let mut reasons: Vec<String> = dead_letters(&env).await.into_iter().map(|(r, _)| r).collect();
     reasons.sort();
-    assert_eq!(reasons, ["bad_time", "future", "malformed", "too_precise", "wrong_partition"]);
-    for reason in ["bad_time", "future", "malformed", "too_precise", "wrong_partition"] {
+    assert_eq!(reasons, ["bad_time", "future", "malformed", "too_early", "too_precise", "wrong_partition"]);
+    for reason in ["bad_time", "future", "malformed", "too_early", "too_precise", "wrong_partition"] {
         assert_eq!(metrics.dead_letters.with_label_values(&[reason]).get(), 1, "{reason} counted");
     }
     assert_eq!((metrics.too_late.get(), metrics.late.get(), metrics.aggregation_errors.get()), (0, 0, 0));

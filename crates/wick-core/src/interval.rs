@@ -32,6 +32,12 @@ pub enum Interval {
 /// 1970-01-05 was the first Monday after the epoch.
 const MONDAY_OFFSET: i64 = 4 * MICROS_PER_DAY;
 
+/// The earliest event time Wick aggregates: 1970-01-05T00:00:00Z, the first Monday after the
+/// epoch. The `1w` candle of an earlier trade would open on Monday 1969-12-29, before the first
+/// instant a [`Timestamp`] (and the wire) can hold, so the aggregator refuses such trades at the
+/// door (`too_early`) instead of building a candle it could not publish.
+pub const EARLIEST_EVENT_TIME: Timestamp = Timestamp::from_micros_unchecked(MONDAY_OFFSET);
+
 /// Why an interval name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown interval {0:?}: expected one of 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")]
@@ -295,6 +301,18 @@ mod tests {
         match s {
             "1969-12-29T00:00:00Z" => -3 * crate::time::MICROS_PER_DAY,
             _ => ts(s).as_micros(),
+        }
+    }
+
+    #[test]
+    fn the_earliest_event_time_is_the_first_week_that_opens_after_the_epoch() {
+        assert_eq!(EARLIEST_EVENT_TIME, ts("1970-01-05T00:00:00Z"));
+        assert_eq!(Interval::W1.bucket_start(EARLIEST_EVENT_TIME), EARLIEST_EVENT_TIME);
+        let before = Timestamp::from_micros(EARLIEST_EVENT_TIME.as_micros() - 1).unwrap();
+        assert!(Interval::W1.bucket_start(before).as_micros() < 0, "the week before opens in 1969");
+        // Every other interval's bucket of any supported instant opens at or after the epoch.
+        for interval in Interval::ALL.into_iter().filter(|i| *i != Interval::W1) {
+            assert_eq!(interval.bucket_start(Timestamp::MIN), Timestamp::MIN, "{interval:?}");
         }
     }
 
