@@ -50,7 +50,7 @@ struct AdvancedTrade<'a> {
     time: &'a str,
 }
 
-fn taker_from_maker(maker: &str) -> Result<TakerSide, ParseError> {
+pub(crate) fn taker_from_maker(maker: &str) -> Result<TakerSide, ParseError> {
     match maker.to_ascii_lowercase().as_str() {
         "sell" => Ok(TakerSide::Buy),
         "buy" => Ok(TakerSide::Sell),
@@ -58,7 +58,7 @@ fn taker_from_maker(maker: &str) -> Result<TakerSide, ParseError> {
     }
 }
 
-fn time(text: &str) -> Result<Timestamp, ParseError> {
+pub(crate) fn time(text: &str) -> Result<Timestamp, ParseError> {
     Timestamp::parse_rfc3339(text).map_err(|e| field("time", e))
 }
 

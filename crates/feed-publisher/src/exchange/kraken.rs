@@ -38,7 +38,7 @@ struct V2Trade<'a> {
     timestamp: &'a str,
 }
 
-fn taker(side: &str) -> Result<TakerSide, ParseError> {
+pub(crate) fn taker(side: &str) -> Result<TakerSide, ParseError> {
     match side {
         "buy" | "b" => Ok(TakerSide::Buy),
         "sell" | "s" => Ok(TakerSide::Sell),
@@ -121,7 +121,7 @@ fn parse_v1(text: &str, received: Timestamp) -> Result<FeedMessage, ParseError> 
 }
 
 /// `"1534614057.321597"` -> microseconds, exactly.
-fn seconds_to_micros(text: &str) -> Result<i64, ParseError> {
+pub(crate) fn seconds_to_micros(text: &str) -> Result<i64, ParseError> {
     let d = decimal("time", text)?;
     let scaled = d.rescaled(d.scale().max(6)).ok_or_else(|| field("time", format!("{text:?} out of range")))?;
     let micros = scaled.coefficient() / 10i128.pow(u32::from(scaled.scale() - 6));
