@@ -21,11 +21,13 @@
 //!    budget histograms scraped before and after, for the per-hop breakdown.
 //! 5. **The naive alternative** (`naive`): the same trades `COPY`-ed into a PostgreSQL table, and
 //!    candles computed at query time with `date_bin` (`time_bucket` where TimescaleDB is
-//!    installed): ingest rate, and p99 of 1-hour and 1-day candles over 30 days of trades, beside
-//!    the same queries to Wick's gateway (whose answers are checked equal first).
+//!    installed): ingest rate, and p50 and p99 of 1-hour and 1-day candles over 30 days of trades,
+//!    cold and warm (200 of each by default), beside the same queries to Wick's gateway, cold (a
+//!    gateway with both caches off) and warm (whose answers are checked equal first).
 //!
-//! `WICK_BENCH_ONLY=scale,latency` (any of the part names) runs those parts and prints their JSON,
-//! for investigation; the report needs a whole run. Sizes are settings (`WICK_BENCH_*`, below).
+//! `WICK_BENCH_ONLY=scale,latency` (any of the part names) runs only those parts: `cargo xtask
+//! bench system` runs every part but the naive alternative, `cargo xtask bench naive` that one.
+//! Sizes are settings (`WICK_BENCH_*`, below).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -1270,6 +1272,11 @@ async fn latencies(db: &tokio_postgres::Client) -> Result<Value> {
     }))
 }
 
+/// The count, p50, p99 and maximum of latencies in milliseconds.
+fn latency_summary(ms: &mut [f64]) -> Value {
+    json!({ "n": ms.len(), "p50_ms": quantile(ms, 0.5), "p99_ms": quantile(ms, 0.99), "max_ms": quantile(ms, 1.0) })
+}
+
 fn quantile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1]
@@ -1307,6 +1314,27 @@ async fn naive(dir: &Path, db: &tokio_postgres::Client, dense: &[PathBuf]) -> Re
         bail!("Wick did not store the month (logs in {})", d.logs.display());
     }
     let wick_month_seconds = started.elapsed().as_secs_f64();
+    // A second gateway on the same candles, with both caches off: every request is a cold one.
+    let cold_http = format!("127.0.0.1:{}", wick_test_support::free_port()?);
+    let cold_gateway = d.spawn(
+        "query-gateway",
+        "query-gateway without caches",
+        &[],
+        &[
+            ("WICK__HTTP__LISTEN", cold_http.clone()),
+            ("WICK__GRPC__LISTEN", format!("127.0.0.1:{}", wick_test_support::free_port()?)),
+            ("WICK__L1__ENABLED", "false".into()),
+            ("WICK__REDIS__ENABLED", "false".into()),
+            ("WICK__LIMITS__PER_ADDRESS_RATE", "0".into()),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(&cold_http).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the gateway without caches did not answer (logs in {})", d.logs.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The naive store: one row per trade, as a user would create it.
     let timescale = db.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.is_ok();
@@ -1377,26 +1405,52 @@ async fn naive(dir: &Path, db: &tokio_postgres::Client, dense: &[PathBuf]) -> Re
                 bail!("{interval}: Wick and the naive query disagree: {w} vs {:?}", (r.get::<_, i64>(0), r.get::<_, String>(1)));
             }
         }
-        let (mut wick_ms, mut naive_ms) = (Vec::new(), Vec::new());
-        for _ in 0..setting("WICK_BENCH_WICK_QUERIES", 200) {
-            let t = Instant::now();
-            http_get(&d.http, &path).await?;
-            wick_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // Warm: the same query again and again. Wick: to the deployment's gateway, whose L1
+        // holds the range after the first answer; the naive path: the prepared statement over
+        // one open connection. Cold: Wick: to a second gateway of the same deployment with L1 and
+        // Redis off, so every request finds no cache and reads PostgreSQL through the gateway's
+        // chunk loader; the naive path: a new connection per query (connect, prepare, execute),
+        // so no session state or prepared plan is reused. Neither side empties PostgreSQL's
+        // buffers or the OS page cache (that would mean restarting the shared database). Every
+        // Wick request opens a fresh TCP connection, as a client's first request does.
+        let cold_answer: Value = serde_json::from_str(&http_get(&cold_http, &path).await?)?;
+        if cold_answer["candles"] != wick["candles"] {
+            bail!("{interval}: the gateway without caches answered differently");
         }
-        for _ in 0..setting("WICK_BENCH_NAIVE_QUERIES", 10) {
+        let wick_queries: usize = setting("WICK_BENCH_WICK_QUERIES", 200);
+        let naive_queries: usize = setting("WICK_BENCH_NAIVE_QUERIES", 200);
+        let mut timed = serde_json::Map::new();
+        for (name, address) in [("wick_warm", &d.http), ("wick_cold", &cold_http)] {
+            let mut ms = Vec::new();
+            for _ in 0..wick_queries {
+                let t = Instant::now();
+                http_get(address, &path).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            timed.insert(name.into(), latency_summary(&mut ms));
+        }
+        eprintln!("system bench: naive {interval} queries, warm");
+        let mut ms = Vec::new();
+        for _ in 0..naive_queries {
             let t = Instant::now();
             db.query(&statement, &[&pg_interval, &instrument, &from, &to]).await?;
-            naive_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        out.insert(
-            interval.into(),
-            json!({
-                "candles": naive_rows.len(),
-                "wick_queries": wick_ms.len(), "wick_p50_ms": quantile(&mut wick_ms, 0.5), "wick_p99_ms": quantile(&mut wick_ms, 0.99),
-                "naive_queries": naive_ms.len(), "naive_p50_ms": quantile(&mut naive_ms, 0.5), "naive_p99_ms": quantile(&mut naive_ms, 0.99),
-            }),
-        );
+        timed.insert("naive_warm".into(), latency_summary(&mut ms));
+        eprintln!("system bench: naive {interval} queries, cold");
+        let mut ms = Vec::new();
+        for _ in 0..naive_queries {
+            let t = Instant::now();
+            let fresh = self::db().await?;
+            let statement = fresh.prepare(&sql).await?;
+            fresh.query(&statement, &[&pg_interval, &instrument, &from, &to]).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        timed.insert("naive_cold".into(), latency_summary(&mut ms));
+        timed.insert("candles".into(), json!(naive_rows.len()));
+        out.insert(interval.into(), Value::Object(timed));
     }
+    drop(cold_gateway);
     drop(services);
     drop(feed);
     db.batch_execute(&format!("DROP TABLE {table}")).await?;
@@ -1451,10 +1505,6 @@ async fn main() -> Result<()> {
         eprintln!("system bench: {part} took {:.0} s (background {background:.2} cores busy)", t.elapsed().as_secs_f64());
         timings.insert(part.into(), json!(t.elapsed().as_secs_f64()));
         result.insert(part.into(), value);
-    }
-    if only.is_some() {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-        return Ok(());
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     result.insert("part_seconds".into(), Value::Object(timings));

@@ -1,29 +1,35 @@
 //! The whole-system benchmark (`cargo xtask bench system`): every service as its release binary
-//! on this machine against the stack; the measuring program is `tests/examples/system_bench.rs`.
+//! on this machine against the stack; and the naive alternative (`cargo xtask bench naive`). The
+//! measuring program of both is `tests/examples/system_bench.rs`.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::bench_results::{Doc, Record};
 use crate::util::{cargo, root, run};
 
-fn results_path() -> PathBuf {
-    root().join("target/wick-bench/system.json")
-}
-
-pub fn measure() -> Result<()> {
+/// Runs `parts` of the measuring program; its results.
+fn measure_parts(parts: &str) -> Result<Value> {
     if !crate::stack::broker_answers() {
         anyhow::bail!("the local stack is not up: run `cargo xtask stack up` first");
     }
-    let path = results_path();
-    run(cargo().args(["run", "--release", "-p", "wick-e2e", "--example", "system_bench", "--"]).arg(&path))
+    let path = root().join(format!("target/wick-bench/system-{}.json", parts.replace(',', "-")));
+    let _ = fs::remove_file(&path);
+    run(cargo().args(["run", "--release", "-p", "wick-e2e", "--example", "system_bench", "--"]).arg(&path).env("WICK_BENCH_ONLY", parts))?;
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
 }
 
-fn results() -> Option<Value> {
-    serde_json::from_str(&fs::read_to_string(results_path()).ok()?).ok()
+/// Every part of the whole-system benchmark but the naive alternative.
+pub fn measure() -> Result<Value> {
+    measure_parts("scale,idle,floor,latency")
+}
+
+pub fn measure_naive() -> Result<Value> {
+    measure_parts("naive")
 }
 
 fn f(v: &Value) -> f64 {
@@ -91,10 +97,9 @@ fn thousand_instrument_runs(r: &Value) -> Vec<(&Value, String)> {
 }
 
 /// Rows for the goals table.
-pub fn goals(md: &mut String) -> Result<()> {
-    let Some(r) = results() else { return Ok(()) };
-    let reference = scale_run(&r, 3, 1);
-    let thousand = scale_run(&r, 1000, 1);
+fn goals(md: &mut String, r: &Value) -> Result<()> {
+    let reference = scale_run(r, 3, 1);
+    let thousand = scale_run(r, 1000, 1);
     if let Some(t) = reference {
         let rate = f(&t["trades_per_second"]);
         writeln!(
@@ -113,7 +118,7 @@ pub fn goals(md: &mut String) -> Result<()> {
             verdict(ratio >= 0.7 && b["completed"] == true)
         )?;
     }
-    if let Some(l) = latency_run(&r, 20_000) {
+    if let Some(l) = latency_run(r, 20_000) {
         let max = f(&l["max_ms"]);
         writeln!(
             md,
@@ -134,7 +139,7 @@ pub fn goals(md: &mut String) -> Result<()> {
     }
     // The issue's baseline (8.5 µs) was a replay of Binance CSV files: that run decides; the
     // JSON-lines one is shown beside it.
-    if let Some(t) = scale_run_of(&r, "binance-csv", 3, 1).or(reference) {
+    if let Some(t) = scale_run_of(r, "binance-csv", 3, 1).or(reference) {
         let cpu = f(&t["cpu_us_per_trade"]);
         let json = match (t["input"].as_str(), reference) {
             (Some("binance-csv"), Some(j)) => format!("; JSON lines: {:.2} µs", f(&j["cpu_us_per_trade"])),
@@ -148,7 +153,7 @@ pub fn goals(md: &mut String) -> Result<()> {
             verdict(cpu <= 3.0)
         )?;
     }
-    if let Some(l) = latency_run(&r, 50_000) {
+    if let Some(l) = latency_run(r, 50_000) {
         let p99 = f(&l["p99_ms"]);
         let achieved = f(&l["achieved_rate"]) >= 0.95 * f(&l["rate"]);
         writeln!(
@@ -174,7 +179,7 @@ pub fn goals(md: &mut String) -> Result<()> {
         )?;
     }
     for (service, label) in [("ingest-aggregator", "ingest-aggregator"), ("query-gateway", "query-gateway")] {
-        if let Some((mib, at)) = peak_rss(thousand_instrument_runs(&r).into_iter(), service) {
+        if let Some((mib, at)) = peak_rss(thousand_instrument_runs(r).into_iter(), service) {
             writeln!(
                 md,
                 "| whole system: {label} under 256 MiB RSS at 1,000 instruments × 16 intervals | peak {mib:.0} MiB ({at}) | {} |",
@@ -186,14 +191,6 @@ pub fn goals(md: &mut String) -> Result<()> {
         writeln!(
             md,
             "| whole system: aggregator and gateway RSS flat over a 30-minute soak | not measured (the whole run is kept to about 20 minutes) | not measured |"
-        )?;
-    }
-    if let Some(q) = r["naive"]["queries"].get("1d") {
-        let ratio = f(&q["naive_p99_ms"]) / f(&q["wick_p99_ms"]);
-        writeln!(
-            md,
-            "| whole system: 1-day candles over 30 days >= 100x faster (p99) than the naive path | {ratio:.0}x | {} |",
-            verdict(ratio >= 100.0)
         )?;
     }
     Ok(())
@@ -786,13 +783,10 @@ fn misses_section(md: &mut String, r: &Value) -> Result<()> {
     Ok(())
 }
 
-pub fn section(md: &mut String) -> Result<()> {
-    writeln!(md, "## Whole system\n")?;
-    let Some(r) = results() else {
-        writeln!(md, "Not measured yet: run `cargo xtask bench system`.\n")?;
-        return Ok(());
-    };
-    let backgrounds: Vec<String> = ["scale", "idle", "floor", "latency", "naive"]
+pub fn render(record: &Record, doc: &mut Doc) -> Result<()> {
+    let r = &record.samples[0].results;
+    let md = &mut doc.body;
+    let backgrounds: Vec<String> = ["scale", "idle", "floor", "latency"]
         .iter()
         .filter_map(|p| r[*p]["background_busy_cores"].as_f64().map(|b| format!("{p} {b:.2}")))
         .collect();
@@ -809,7 +803,7 @@ pub fn section(md: &mut String) -> Result<()> {
     };
     writeln!(
         md,
-        "Command: `cargo xtask bench system` (the program is `tests/examples/system_bench.rs`; the whole run took {:.1} minutes). \
+        "Command: `cargo xtask bench system` (the program is `tests/examples/system_bench.rs`; the measurement took {:.1} minutes). \
          Every service runs as its release binary on this machine ({} cores), each deployment against {broker}, with default \
          settings unless said otherwise; the broker, the database and the measuring program share the same cores, and so did \
          other sessions' builds and tests during this run: cores busy in the 2 s before each part started, by part: {}.\n",
@@ -817,94 +811,99 @@ pub fn section(md: &mut String) -> Result<()> {
         r["cores"],
         backgrounds.join(", ")
     )?;
-    scale_section(md, &r)?;
-    idle_section(md, &r)?;
-    floor_section(md, &r)?;
-    latency_section(md, &r)?;
-    misses_section(md, &r)?;
-    let n = &r["naive"];
-    if n.get("queries").is_some() {
-        writeln!(
-            md,
-            "The 30-day replay's rate (below) is far under the 3-instrument run's: one trade every 2 s makes almost every trade a \
-             1-second candle of its own, so the writer stores about as many candle rows as trades (the 1,000-instrument run above \
-             shows the same effect)."
-        )?;
-        writeln!(md, "\n### Against the naive alternative\n")?;
-        writeln!(
-            md,
-            "The alternative a user would otherwise build: every trade `COPY`-ed into an indexed PostgreSQL table (`(instrument, ts)`), candles \
-             computed at query time with `{}` (`time_bucket` when TimescaleDB is installed), open and close by `array_agg` in trade order. \
-             30 days of one instrument ({} trades, one every 2 s on average) went through Wick (replay to database: {:.1} s, {:.0} trades/s) \
-             and through `COPY`. Both answers were checked equal (open, high, low, close, volume, trade count of every candle) before timing. \
-             Wick's queries are REST `GET /api/v1/candles` over HTTP from a fresh connection each, as a client sees them ({} of each); the \
-             naive ones a prepared statement over an open connection ({} of each, so their p99 is their maximum).\n",
-            n["bucket_function"].as_str().unwrap_or("date_bin"),
-            n["month_trades"],
-            f(&n["wick_month_seconds"]),
-            f(&n["wick_month_trades_per_second"]),
-            n["queries"]["1d"]["wick_queries"],
-            n["queries"]["1d"]["naive_queries"],
-        )?;
-        writeln!(md, "| ingest | trades/s |")?;
-        writeln!(md, "|---|---:|")?;
-        writeln!(
-            md,
-            "| naive `COPY`, the 3-instrument scale run's trades ({}, from its CSV files) | {:.0} |",
-            n["dense_trades"],
-            f(&n["copy_dense_trades_per_second"])
-        )?;
-        writeln!(md, "| naive `COPY`, the 30 days | {:.0} |", f(&n["copy_month_trades_per_second"]))?;
-        if let Some(t) = scale_run(&r, 3, 1) {
-            writeln!(md, "| Wick, feed to database (3-instrument scale run) | {:.0} |", f(&t["trades_per_second"]))?;
-        }
-        writeln!(md)?;
-        writeln!(md, "| query over 30 days | candles | naive p50 | naive p99 | Wick p50 | Wick p99 | Wick faster (p99) |")?;
-        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
-        for interval in ["1h", "1d"] {
-            let q = &n["queries"][interval];
-            writeln!(
-                md,
-                "| {interval} candles | {} | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms | **{:.0}x** |",
-                q["candles"],
-                f(&q["naive_p50_ms"]),
-                f(&q["naive_p99_ms"]),
-                f(&q["wick_p50_ms"]),
-                f(&q["wick_p99_ms"]),
-                f(&q["naive_p99_ms"]) / f(&q["wick_p99_ms"])
-            )?;
-        }
-        writeln!(md)?;
+    scale_section(md, r)?;
+    idle_section(md, r)?;
+    floor_section(md, r)?;
+    latency_section(md, r)?;
+    misses_section(md, r)?;
+    let mut rows = String::new();
+    goals(&mut rows, r)?;
+    for row in rows.lines() {
+        doc.goal_row(record, row)?;
     }
     Ok(())
 }
 
-/// Writes this run's section and goal rows into the existing `docs/BENCHMARKS.md`: the section
-/// replaces an earlier `## Whole system` (or goes at the end), the rows replace earlier
-/// `| whole system:` rows (or go at the end of the goals table).
-pub fn splice(path: &std::path::Path) -> Result<()> {
-    let old =
-        fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n## Goals\n\n| goal | measured | verdict |\n|---|---|---|\n\n".into());
-    let mut rows = String::new();
-    goals(&mut rows)?;
-    let mut section = String::new();
-    self::section(&mut section)?;
-    // The section: from its heading to the next `## ` heading or the end.
-    const HEADING: &str = "\n## Whole system\n";
-    let mut doc = match old.find(HEADING) {
-        Some(at) => {
-            let body = at + HEADING.len();
-            let end = old[body..].find("\n## ").map_or(old.len(), |e| body + e + 1);
-            format!("{}{}{}", &old[..at + 1], section, &old[end..])
+/// The 30-day comparison with the naive alternative, cold and warm.
+pub fn render_naive(record: &Record, doc: &mut Doc) -> Result<()> {
+    let n = &record.samples[0].results["naive"];
+    let md = &mut doc.body;
+    let q1d = &n["queries"]["1d"];
+    writeln!(
+        md,
+        "Command: `cargo xtask bench naive` (the naive part of `tests/examples/system_bench.rs`). The alternative a user would \
+         otherwise build: every trade `COPY`-ed into an indexed PostgreSQL table (`(instrument, ts)`), candles computed at query \
+         time with `{}` (`time_bucket` when TimescaleDB is installed), open and close by `array_agg` in trade order. 30 days of \
+         one instrument ({} trades, one every 2 s on average) went through Wick (replay to database: {:.1} s, {:.0} trades/s) \
+         and through `COPY`. Both answers were checked equal (open, high, low, close, volume, trade count of every candle) \
+         before timing.\n",
+        n["bucket_function"].as_str().unwrap_or("date_bin"),
+        n["month_trades"],
+        f(&n["wick_month_seconds"]),
+        f(&n["wick_month_trades_per_second"]),
+    )?;
+    writeln!(
+        md,
+        "Warm and cold, as measured here. **Warm**: the same query again and again; Wick's to the deployment's gateway, whose \
+         in-process cache (L1) holds the range after the first answer; the naive one a prepared statement over one open \
+         connection. **Cold**: nothing cached on either side's own part. Wick's to a second gateway of the same deployment with \
+         L1 and Redis switched off (`WICK__L1__ENABLED=false WICK__REDIS__ENABLED=false`), so every request is what the first \
+         request after a cache reset is: a read of PostgreSQL through the gateway's chunk loader; the naive one on a new \
+         connection each time (connect, prepare, execute, all timed), so no session state or prepared plan is reused. Neither \
+         side empties PostgreSQL's shared buffers or the OS page cache: that would mean restarting the database, which other \
+         work on this machine shares. Every Wick request is REST `GET /api/v1/candles` over HTTP from a fresh TCP connection, \
+         as a client sees it. Samples per figure (n): Wick {} warm and {} cold, naive {} warm and {} cold; the p99 is the \
+         sample at the 99th percentile rank.\n",
+        q1d["wick_warm"]["n"], q1d["wick_cold"]["n"], q1d["naive_warm"]["n"], q1d["naive_cold"]["n"],
+    )?;
+    writeln!(md, "| ingest | trades/s |")?;
+    writeln!(md, "|---|---:|")?;
+    writeln!(
+        md,
+        "| naive `COPY`, the trades of the whole-system scale run's 3 instruments ({}, from their CSV files) | {:.0} |",
+        n["dense_trades"],
+        f(&n["copy_dense_trades_per_second"])
+    )?;
+    writeln!(md, "| naive `COPY`, the 30 days | {:.0} |", f(&n["copy_month_trades_per_second"]))?;
+    writeln!(md, "| Wick, replay to database, the 30 days | {:.0} |", f(&n["wick_month_trades_per_second"]))?;
+    writeln!(
+        md,
+        "\nWick's rate on the 30 days is its rate at one trade every 2 s: almost every trade makes a 1-second candle of its own, \
+         so the writer stores about as many candle rows as trades (the whole-system section measures denser input).\n"
+    )?;
+    writeln!(
+        md,
+        "| query over 30 days | candles | | naive n | naive p50 | naive p99 | Wick n | Wick p50 | Wick p99 | Wick faster (p99) |"
+    )?;
+    writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let mut ratios = Vec::new();
+    for interval in ["1h", "1d"] {
+        let q = &n["queries"][interval];
+        for state in ["cold", "warm"] {
+            let (naive, wick) = (&q[format!("naive_{state}")], &q[format!("wick_{state}")]);
+            let ratio = f(&naive["p99_ms"]) / f(&wick["p99_ms"]);
+            ratios.push((interval, state, ratio));
+            writeln!(
+                md,
+                "| {interval} candles | {} | {state} | {} | {:.1} ms | {:.1} ms | {} | {:.2} ms | {:.2} ms | **{ratio:.0}x** |",
+                q["candles"],
+                naive["n"],
+                f(&naive["p50_ms"]),
+                f(&naive["p99_ms"]),
+                wick["n"],
+                f(&wick["p50_ms"]),
+                f(&wick["p99_ms"]),
+            )?;
         }
-        None => format!("{}\n{}", old.trim_end_matches('\n'), section),
-    };
-    doc = doc.lines().filter(|l| !l.starts_with("| whole system:")).collect::<Vec<_>>().join("\n") + "\n";
-    // The goals table ends at the first blank line after its header.
-    let header = doc.find("| goal | measured | verdict |").context("no goals table in the document")?;
-    let end = doc[header..].find("\n\n").map(|e| header + e + 1).context("unterminated goals table")?;
-    doc.insert_str(end, &rows);
-    fs::write(path, doc)?;
-    eprintln!("bench: updated the whole-system section of {}", path.display());
+    }
+    writeln!(md)?;
+    for (_, state, ratio) in ratios.into_iter().filter(|(i, _, _)| *i == "1d") {
+        doc.goal(
+            record,
+            format!("1-day candles over 30 days >= 100x faster (p99) than the naive path, {state}"),
+            format!("{ratio:.0}x"),
+            &crate::bench_results::judge(&[ratio], crate::bench_results::Aim::AtLeast(100.0)),
+        );
+    }
     Ok(())
 }

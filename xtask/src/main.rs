@@ -4,6 +4,8 @@
 mod bench;
 mod bench_feed;
 mod bench_gateway;
+mod bench_results;
+mod bench_ring;
 mod bench_system;
 mod ci;
 mod demo;
@@ -24,7 +26,8 @@ Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
-  bench   [--report | aggregate ring broker feed store ingest gateway system]: run the benchmarks, write docs/BENCHMARKS.md
+  bench   [--report | aggregate ring broker feed store ingest gateway system naive]: run the benchmarks (each section's
+          results stored in docs/bench/ with its run), write docs/BENCHMARKS.md from the stored results
   faults  [ROUNDS [TRADES]]: the fault-injection drills, larger than in CI, with their summary table
   deploy-check  validate deploy/ offline: Helm charts, Kubernetes schemas, alert rules, dashboard, compose, metric names
   fuzz    [--seconds N] [TARGET...]: every cargo-fuzz target (fuzz/) built once and run N s each (default 20), memory-limited
