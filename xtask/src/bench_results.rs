@@ -402,10 +402,10 @@ impl Doc {
         for (run, sections) in &self.runs {
             writeln!(
                 md,
-                "| {} | {} | `{}` | {}{} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {}{} | {} | {} | {} | {} |",
                 run.id,
                 sections.join(", "),
-                run.command,
+                if run.command.starts_with("cargo ") { format!("`{}`", run.command) } else { run.command.clone() },
                 run.commit,
                 if run.uncommitted_changes { " (with uncommitted changes in the checkout)" } else { "" },
                 run.machine,

@@ -907,3 +907,38 @@ pub fn render_naive(record: &Record, doc: &mut Doc) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_results::fixtures::record;
+    use serde_json::json;
+
+    fn timed(n: u64, p50: f64, p99: f64) -> Value {
+        json!({ "n": n, "p50_ms": p50, "p99_ms": p99, "max_ms": p99 })
+    }
+
+    #[test]
+    fn the_naive_comparison_is_cold_against_cold_and_warm_against_warm() {
+        let query = |candles: u64| {
+            json!({ "candles": candles, "naive_warm": timed(200, 2000.0, 2500.0), "naive_cold": timed(200, 2100.0, 3000.0),
+                    "wick_warm": timed(200, 0.2, 0.5), "wick_cold": timed(200, 2.0, 60.0) })
+        };
+        let r = record(
+            "naive",
+            vec![json!({ "naive": {
+                "bucket_function": "date_bin", "month_trades": 1296000, "wick_month_seconds": 55.0, "wick_month_trades_per_second": 23564.0,
+                "dense_trades": 1200000, "copy_dense_trades_per_second": 190000.0, "copy_month_trades_per_second": 170000.0,
+                "queries": { "1h": query(720), "1d": query(30) },
+            }})],
+        );
+        let mut doc = Doc::default();
+        render_naive(&r, &mut doc).unwrap();
+        let md = doc.finish().unwrap();
+        assert!(md.contains("| 1d candles | 30 | cold | 200 | 2100.0 ms | 3000.0 ms | 200 | 2.00 ms | 60.00 ms | **50x** |"), "{md}");
+        assert!(md.contains("| 1d candles | 30 | warm | 200 | 2000.0 ms | 2500.0 ms | 200 | 0.20 ms | 0.50 ms | **5000x** |"), "{md}");
+        assert!(md.contains("| 1-day candles over 30 days >= 100x faster (p99) than the naive path, cold | 50x | **missed** |"), "{md}");
+        assert!(md.contains("| 1-day candles over 30 days >= 100x faster (p99) than the naive path, warm | 5000x | met |"), "{md}");
+        assert!(md.contains("Samples per figure (n): Wick 200 warm and 200 cold, naive 200 warm and 200 cold"), "{md}");
+    }
+}
