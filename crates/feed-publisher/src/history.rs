@@ -272,7 +272,11 @@ impl History {
             Feed::KrakenV1 | Feed::CoinbaseAdvanced => no_history(self.feed),
         }
         .with_context(|| format!("GET {url}: not the documented trades page"))?;
-        Ok(assemble(self.feed, position, request_end, before, entries))
+        let (page, reached_before) = assemble(self.feed, position, request_end, before, entries);
+        if !page.newest && !reached_before && page.next == position {
+            bail!("GET {url}: a full page without a readable trade id after {position:?}: paging would not move on");
+        }
+        Ok((page, reached_before))
     }
 
     fn check_supported(&self) -> Result<()> {

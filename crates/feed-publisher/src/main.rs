@@ -66,17 +66,23 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Historical trades from an exchange's public REST API, then exits: Binance `aggTrades`
-    /// (the trades and ids of the live `aggTrade` feed), rate limited and retried (429 and 418
-    /// wait `Retry-After`). Each symbol's last acknowledged trade is kept in a state file, so
-    /// `--resume` continues where a failed run stopped and publishes nothing twice.
+    /// Historical trades from an exchange's public REST API, then exits, normalized like the live
+    /// feed's (same trade ids, so history and live data count once): Binance `historicalTrades`
+    /// (the `trade` feed, default) or `aggTrades` (the `aggTrade` feed), Coinbase Exchange
+    /// product trades, Kraken `Trades`. Rate limited and retried (429 and 418 wait `Retry-After`,
+    /// Kraken's rate-limit errors back off). Each symbol's last acknowledged trade is kept in a
+    /// state file, so `--resume` continues where a failed run stopped and publishes nothing twice.
     Backfill {
-        /// binance (coinbase and kraken are not implemented yet).
+        /// binance, coinbase or kraken.
         #[arg(long)]
         exchange: feed_publisher::exchange::Exchange,
-        /// The exchange's own symbols, e.g. BTCUSDT,ETHUSDT.
+        /// The exchange's own symbols: BTCUSDT (Binance), BTC-USD (Coinbase), BTC/USD (Kraken).
         #[arg(long, num_args = 1.., value_delimiter = ',', required = true)]
         symbols: Vec<String>,
+        /// The live feed whose trades to match: binance trade (default) or aggTrade; coinbase
+        /// exchange; kraken v2.
+        #[arg(long)]
+        feed: Option<String>,
         /// First trade time, inclusive: RFC 3339 or a UTC date (2024-05-01).
         #[arg(long, value_parser = feed_publisher::backfill::parse_time)]
         start: wick_core::Timestamp,
@@ -89,12 +95,15 @@ enum Command {
         /// Directory of the state files (backfill-<exchange>-<symbol>.json).
         #[arg(long, default_value = ".")]
         state_dir: PathBuf,
-        /// The REST API's base URL.
-        #[arg(long, default_value = feed_publisher::backfill::BINANCE_URL)]
-        url: String,
-        /// Requests per minute (Binance: 6,000 weight per minute, aggTrades weighs 2).
-        #[arg(long, default_value_t = feed_publisher::backfill::BINANCE_REQUESTS_PER_MINUTE)]
-        requests_per_minute: u32,
+        /// Another REST base URL than the exchange's (https://api.binance.com,
+        /// https://api.exchange.coinbase.com, https://api.kraken.com).
+        #[arg(long)]
+        url: Option<String>,
+        /// Requests per minute. Defaults keep within the documented limits: Binance 120
+        /// historicalTrades (weight 25) or 1,500 aggTrades (weight 2), half of 6,000 weight per
+        /// minute; Coinbase 300 (half of 10 per second); Kraken 60 (1 per second).
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
         /// Retries of one request before giving up (the state file keeps what was published).
         #[arg(long, default_value_t = 8)]
         retries: usize,
@@ -146,25 +155,23 @@ async fn main() -> Result<()> {
             };
             feed_publisher::live::run(&settings, &producer, &metrics, clock, &shutdown).await
         }
-        Command::Backfill { exchange, symbols, start, end, resume, state_dir, url, requests_per_minute, retries } => {
-            let settings = feed_publisher::backfill::BackfillSettings {
-                exchange,
-                symbols,
-                start,
-                end,
-                base_url: url,
-                state_dir,
-                resume,
-                requests_per_minute: std::num::NonZeroU32::new(requests_per_minute)
-                    .ok_or_else(|| anyhow::anyhow!("--requests-per-minute must be positive"))?,
-                max_retries: retries,
-                min_backoff: std::time::Duration::from_millis(500),
-                max_backoff: std::time::Duration::from_secs(60),
-            };
+        Command::Backfill { exchange, symbols, feed, start, end, resume, state_dir, url, requests_per_minute, retries } => {
+            let feed = feed_publisher::live::Feed::of(exchange, feed.as_deref()).map_err(anyhow::Error::msg)?;
+            let mut history = feed_publisher::history::HistorySettings::for_feed(feed);
+            history.max_retries = retries;
+            if let Some(url) = url {
+                history.base_url = url;
+            }
+            if let Some(rate) = requests_per_minute {
+                history.requests_per_minute =
+                    std::num::NonZeroU32::new(rate).ok_or_else(|| anyhow::anyhow!("--requests-per-minute must be positive"))?;
+            }
+            let settings = feed_publisher::backfill::BackfillSettings { feed, symbols, start, end, state_dir, resume, history };
             feed_publisher::backfill::run(&settings, &producer, clock, &shutdown).await.map(|report| {
+                let h = report.history;
                 println!(
-                    "{} requests, {} retried ({} rate limited, {} IP bans)",
-                    report.requests, report.retried, report.rate_limited, report.banned
+                    "{} requests, {} retried ({} rate limited, {} IP bans, {} waits for Binance's weight budget)",
+                    h.requests, h.retried, h.rate_limited, h.banned, h.weight_waits
                 );
                 report.summary
             })
