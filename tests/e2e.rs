@@ -3,7 +3,9 @@
 //! PostgreSQL and Redis -> query-gateway. Once with one instance of each service (single Redis),
 //! once scaled out (two aggregators, two writers, two gateways, the Redis cluster); every interval
 //! of every instrument is compared between the two deployments, with the exact reference over the
-//! trades, over REST, gRPC and WebSocket and in the database.
+//! trades, over REST, gRPC and WebSocket and in the database. And a live session over a local
+//! Binance (WebSocket and REST) that drops trades, whose gaps are repaired over REST: the candles
+//! served equal the exact reference over the full set of trades.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -61,6 +63,10 @@ impl Running {
 }
 
 fn aggregator(d: &Deployment, index: u32, count: u32) -> Running {
+    aggregator_measured(d, index, count, ingest_aggregator::metrics::Metrics::new())
+}
+
+fn aggregator_measured(d: &Deployment, index: u32, count: u32, metrics: ingest_aggregator::metrics::Metrics) -> Running {
     let mut c = ingest_aggregator::config::Config::default();
     c.kafka.brokers = vec![wick_test_support::broker_address()];
     c.kafka.market_events_topic = d.market.clone();
@@ -77,7 +83,6 @@ fn aggregator(d: &Deployment, index: u32, count: u32) -> Running {
     c.checkpoint.schema = Some(d.schema.clone());
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     let (trigger, stop) = shutdown::channel();
-    let metrics = ingest_aggregator::metrics::Metrics::new();
     let task = tokio::spawn(async move {
         if let Err(e) = ingest_aggregator::run(c, metrics, Readiness::default(), Arc::new(SystemClock), stop).await {
             panic!("ingest-aggregator failed: {e:#}");
@@ -393,5 +398,283 @@ async fn one_of_each_and_two_of_each_serve_exactly_the_reference() {
     for g in [one, two_a, two_b] {
         g.running.stop().await;
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One step of a scripted WebSocket connection.
+enum Step {
+    Send(String),
+    /// Drop the connection without a close frame.
+    Disconnect,
+    /// Send nothing more until this is done.
+    Until(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+}
+
+/// Serves `script[i]` to the i-th connection, after reading its subscription; the last connection
+/// stays open afterwards.
+async fn websocket_server(script: Vec<Vec<Step>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        for steps in script {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.next().await;
+            let mut dropped = false;
+            for step in steps {
+                match step {
+                    Step::Send(text) => ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap(),
+                    Step::Until(done) => done.await,
+                    Step::Disconnect => {
+                        dropped = true;
+                        break;
+                    }
+                }
+            }
+            if !dropped {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }
+    });
+    url
+}
+
+/// Binance's `GET /api/v3/historicalTrades` (`symbol`, `fromId`, `limit`) over `trades`; the
+/// answer for `hold`'s symbol and id waits for its signal. One request per connection.
+async fn binance_rest_server(trades: Arc<Vec<Trade>>, hold: (String, u64, Arc<tokio::sync::Notify>)) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let (trades, hold) = (trades.clone(), hold.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let target = String::from_utf8_lossy(&request).split(' ').nth(1).unwrap_or("/").to_owned();
+                let query: BTreeMap<&str, &str> =
+                    target.split_once('?').map_or("", |(_, q)| q).split('&').filter_map(|kv| kv.split_once('=')).collect();
+                let (symbol, from, limit) = (query["symbol"], query["fromId"].parse::<u64>().unwrap(), query["limit"].parse().unwrap());
+                if (symbol, from) == (hold.0.as_str(), hold.1) {
+                    hold.2.notified().await;
+                }
+                let page: Vec<String> = trades
+                    .iter()
+                    .filter(|t| symbol_of(t) == symbol && t.trade_id() >= from)
+                    .take(limit)
+                    .map(|t| {
+                        format!(
+                            r#"{{"id":{},"price":"{}","qty":"{}","quoteQty":"0","time":{},"isBuyerMaker":{},"isBestMatch":true}}"#,
+                            t.trade_id(),
+                            t.price(),
+                            t.quantity(),
+                            t.event_time().as_millis(),
+                            t.side() == TakerSide::Sell
+                        )
+                    })
+                    .collect();
+                let body = format!("[{}]", page.join(","));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// `BTCUSDT` for `BINANCE:BTC-USDT`.
+fn symbol_of(t: &Trade) -> String {
+    format!("{}{}", t.instrument().base(), t.instrument().quote())
+}
+
+/// A Binance `trade` message in a combined-stream envelope, as the live feed sends it.
+fn binance_message(t: &Trade) -> String {
+    let symbol = symbol_of(t);
+    format!(
+        r#"{{"stream":"{}@trade","data":{{"e":"trade","E":{ms},"s":"{symbol}","t":{},"p":"{}","q":"{}","T":{ms},"m":{},"M":true}}}}"#,
+        symbol.to_ascii_lowercase(),
+        t.trade_id(),
+        t.price(),
+        t.quantity(),
+        t.side() == TakerSide::Sell,
+        ms = t.event_time().as_millis()
+    )
+}
+
+/// Every candle of every interval of `instruments` the gateway serves for the history, paged.
+async fn served_candles(http: &str, instruments: &[&str]) -> BTreeMap<(String, Interval, i64), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for name in instruments {
+        for interval in Interval::ALL {
+            let mut start = 0;
+            loop {
+                let path =
+                    format!("/api/v1/candles?instrument={name}&interval={interval}&start={start}&end={}&limit=1000", HISTORY_END_MS - 1);
+                let page: serde_json::Value = serde_json::from_str(&curl(&format!("{http}{path}"))).unwrap();
+                for c in page["candles"].as_array().unwrap() {
+                    out.insert((name.to_string(), interval, c["open_time"].as_i64().unwrap()), c.clone());
+                }
+                match page["next_start"].as_i64() {
+                    Some(next) if next > start => start = next,
+                    Some(next) => panic!("{path}: next_start {next} does not move on"),
+                    None => break,
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_session_whose_gaps_are_repaired_over_rest_serves_exactly_the_reference() {
+    let dir = std::env::temp_dir().join(wick_test_support::unique_name("wick-e2e-gaps"));
+    let (_, trades) = trade_files(&dir);
+    let want = reference(&trades);
+    let d = deployment(format!("redis://{}", wick_test_support::redis_address())).await;
+    let g = gateway(&d).await;
+    let aggregation = ingest_aggregator::metrics::Metrics::new();
+    let services = vec![aggregator_measured(&d, 0, 1, aggregation.clone()), writer(&d, 0, 1)];
+
+    // The live feed: both symbols in event-time order. It drops every trade whose id is a
+    // multiple of 97, loses everything between BTC 1500 and BTC 1541 to a reconnect (re-sending
+    // the last three trades before it), and drops one more BTC trade, `held`, whose repair is
+    // answered only after the trade that revealed it was published: it comes late, and revises
+    // the candles that closed meanwhile.
+    let mut feed: Vec<&Trade> = trades.iter().collect();
+    feed.sort_by_key(|t| t.event_time());
+    let btc = |id: u64| trades.iter().find(|t| t.instrument().as_str() == "BINANCE:BTC-USDT" && t.trade_id() == id).unwrap();
+    let dropped = |t: &Trade| t.trade_id() % 97 == 0;
+    let held = (2000..2900)
+        .find(|&k: &u64| {
+            // Its one-second candle is final once the next trade is read: a revision, not an update.
+            let closes = (btc(k).event_time().as_millis() / 1000 + 1) * 1000;
+            [k - 1, k, k + 1].iter().all(|id| id % 97 != 0) && btc(k + 1).event_time().as_millis() - 1000 >= closes
+        })
+        .unwrap();
+    let position = |t: &Trade| feed.iter().position(|f| std::ptr::eq(*f, t)).unwrap();
+    let (cut, resume) = (position(btc(1500)), position(btc(1541)));
+    let publisher = feed_publisher::metrics::Metrics::new();
+    let btc_instrument = Instrument::new("BINANCE:BTC-USDT").unwrap();
+    let published_btc = |count: u64| {
+        let (metrics, instrument) = (publisher.clone(), btc_instrument.clone());
+        Box::pin(async move {
+            wick_test_support::wait_until(&format!("{count} BTC trades are published"), Duration::from_secs(120), || {
+                let done = metrics.published_total(&instrument) == count;
+                async move { done }
+            })
+            .await
+            .unwrap();
+        })
+    };
+    let mut first = vec![Step::Send(r#"{"result":null,"id":1}"#.into())];
+    first.extend(feed[..=cut].iter().filter(|t| !dropped(t)).map(|t| Step::Send(binance_message(t))));
+    first.push(Step::Disconnect);
+    let mut second: Vec<Step> = feed[cut - 2..=cut].iter().filter(|t| !dropped(t)).map(|t| Step::Send(binance_message(t))).collect();
+    let resent = second.len() as u64;
+    let mut sent = first.len() as u64 - 2 + resent;
+    let (held_trade, revealing) = (btc(held), btc(held + 1));
+    for t in &feed[resume..] {
+        if dropped(t) || std::ptr::eq(*t, held_trade) {
+            continue;
+        }
+        second.push(Step::Send(binance_message(t)));
+        sent += 1;
+        if std::ptr::eq(*t, revealing) {
+            // Every BTC trade up to `held + 1` once `held` is repaired: nothing newer goes out
+            // before it, so that it revises within the revision window.
+            second.push(Step::Until(published_btc(held + 1)));
+        }
+    }
+    let lost = trades.len() as u64 - (sent - resent);
+    assert!(lost > 100, "{lost} trades lost");
+    let ws_url = websocket_server(vec![first, second]).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let rest_url = binance_rest_server(Arc::new(trades.clone()), ("BTCUSDT".into(), held, release.clone())).await;
+    {
+        // Answer the held repair once the trade that revealed it was published (after the
+        // session's wait for the repair ran out).
+        let revealed = published_btc(held);
+        let release = release.clone();
+        tokio::spawn(async move {
+            revealed.await;
+            release.notify_one();
+        });
+    }
+
+    let mut c = feed_publisher::config::Config::default();
+    c.kafka.brokers = vec![wick_test_support::broker_address()];
+    c.kafka.market_events_topic = d.market.clone();
+    c.kafka.dead_letter_topic = format!("{}-dlq", d.market);
+    let clock: Arc<dyn wick_core::Clock> = Arc::new(SystemClock);
+    let client = feed_publisher::run::connect(&c).await.unwrap();
+    let producer = feed_publisher::run::start_producer(&c, client, publisher.clone(), clock.clone()).await.unwrap();
+    let mut settings =
+        feed_publisher::live::LiveSettings::new(feed_publisher::live::Feed::BinanceTrade, vec!["BTCUSDT".into(), "ETHUSDT".into()]);
+    settings.url = ws_url;
+    settings.min_backoff = Duration::from_millis(20);
+    let repair = settings.repair.as_mut().unwrap();
+    repair.history.base_url = rest_url;
+    repair.history.requests_per_minute = std::num::NonZeroU32::new(60_000).unwrap();
+    // Long enough for any local answer: only the held repair outlasts it.
+    repair.wait = Duration::from_secs(10);
+    let (stop_session, session_stop) = shutdown::channel();
+    let session = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let summary = feed_publisher::live::run(&settings, &producer, &publisher, clock, &session_stop).await;
+            (summary, producer)
+        })
+    };
+    wick_test_support::wait_until("every trade is published", Duration::from_secs(240), || {
+        let done = ["BINANCE:BTC-USDT", "BINANCE:ETH-USDT"].iter().all(|i| publisher.published_total(&Instrument::new(i).unwrap()) == 3001);
+        async move { done }
+    })
+    .await
+    .unwrap();
+    stop_session.trigger();
+    let (summary, producer) = session.await.unwrap();
+    let (summary, _) = feed_publisher::run::finish(producer, summary.unwrap()).await.unwrap();
+    assert_eq!(summary.published, trades.len() as u64, "{summary}");
+    let by_exchange = |c: &prometheus::IntCounterVec| c.with_label_values(&["binance"]).get();
+    assert_eq!(by_exchange(&publisher.gaps), lost);
+    assert_eq!(by_exchange(&publisher.gap_trades_repaired), lost);
+    assert_eq!(by_exchange(&publisher.gap_trades_unrepaired), 0);
+    assert_eq!(by_exchange(&publisher.duplicates), resent, "the trades re-sent after the reconnect");
+
+    settle(&d, trades.len(), &[&g]).await;
+    // The held trade came after its one-second candle was final (a revision). Nothing else came
+    // late, and nothing too late.
+    assert_eq!((aggregation.late.get(), aggregation.too_late.get()), (1, 0));
+    let served = served_candles(&g.http, &["BINANCE:BTC-USDT", "BINANCE:ETH-USDT"]).await;
+    let without_state = |mut v: serde_json::Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("closed");
+        o.remove("version");
+        v
+    };
+    let history: Vec<_> = want.iter().filter(|((_, _, open), _)| *open < HISTORY_END_MS).collect();
+    assert_eq!(served.len(), history.len(), "the candles served are those of the reference");
+    for (key, candle) in history {
+        let got = served.get(key).unwrap_or_else(|| panic!("no candle served for {key:?}"));
+        assert_eq!(got["closed"], true, "{got}");
+        let expected: serde_json::Value = serde_json::from_str(&query_gateway::json::candle(candle)).unwrap();
+        assert_eq!(without_state(got.clone()), without_state(expected), "{key:?}");
+    }
+
+    for s in services {
+        s.stop().await;
+    }
+    g.running.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,7 +9,8 @@
 //!   `market-events`, resumable, over [`history`]: paged REST history normalized like the live
 //!   feeds (rate limited, retried), also used by `live` to repair gaps.
 //! - [`live`]: the `live` command's WebSocket sessions (subscribe, keep alive, reconnect with
-//!   backoff, de-duplicate, count gaps) over [`exchange`]'s message parsers and symbol mapping.
+//!   backoff, de-duplicate, repair gaps in the trade sequence from [`history`]) over [`exchange`]'s
+//!   message parsers and symbol mapping.
 
 pub mod backfill;
 pub mod config;

@@ -50,7 +50,9 @@ enum Command {
     },
     /// Live trades from an exchange's public WebSocket feed, until Ctrl-C: Binance `trade`,
     /// Coinbase Exchange `matches` (with heartbeats for gap detection), Kraken v2 `trade`.
-    /// Reconnects with backoff and drops the duplicates a reconnect re-sends.
+    /// Reconnects with backoff, drops the duplicates a reconnect re-sends, and repairs gaps in the
+    /// trade sequence from the exchange's REST API (what cannot be repaired is dead-lettered as
+    /// `unrepaired_gap`).
     Live {
         /// binance, coinbase or kraken.
         #[arg(long)]
@@ -65,6 +67,18 @@ enum Command {
         /// Another WebSocket URL than the exchange's public feed (a proxy or a recorded feed).
         #[arg(long)]
         url: Option<String>,
+        /// Another REST base URL than the exchange's, for gap repair (https://api.binance.com,
+        /// https://api.exchange.coinbase.com, https://api.kraken.com).
+        #[arg(long)]
+        rest_url: Option<String>,
+        /// Only count gaps in the trade sequence; do not fetch the missing trades over REST.
+        #[arg(long)]
+        no_gap_repair: bool,
+        /// How long the trade that revealed a gap waits for the repair, so that the older
+        /// repaired trades are published first; after it, the stream goes on and the repaired
+        /// trades follow (revising candles that closed meanwhile).
+        #[arg(long, value_name = "DURATION", default_value = "2s")]
+        gap_repair_wait: wick_service::duration::Duration,
     },
     /// Historical trades from an exchange's public REST API, then exits, normalized like the live
     /// feed's (same trade ids, so history and live data count once): Binance `historicalTrades`
@@ -143,16 +157,21 @@ async fn main() -> Result<()> {
             let settings = run::SimulateSettings { instruments, rate, seed, count, history: history.map(|h| h.get()) };
             run::simulate(&producer, &settings, clock, &shutdown).await
         }
-        Command::Live { exchange, symbols, feed, url } => {
+        Command::Live { exchange, symbols, feed, url, rest_url, no_gap_repair, gap_repair_wait } => {
             let feed = feed_publisher::live::Feed::of(exchange, feed.as_deref()).map_err(anyhow::Error::msg)?;
-            let settings = feed_publisher::live::LiveSettings {
-                feed,
-                url: url.unwrap_or_else(|| feed_publisher::live::default_url(feed, &symbols)),
-                symbols,
-                min_backoff: std::time::Duration::from_millis(250),
-                max_backoff: std::time::Duration::from_secs(30),
-                idle_timeout: std::time::Duration::from_secs(30),
-            };
+            let mut settings = feed_publisher::live::LiveSettings::new(feed, symbols);
+            if let Some(url) = url {
+                settings.url = url;
+            }
+            if let Some(repair) = settings.repair.as_mut() {
+                if let Some(rest_url) = rest_url {
+                    repair.history.base_url = rest_url;
+                }
+                repair.wait = gap_repair_wait.get();
+            }
+            if no_gap_repair {
+                settings.repair = None;
+            }
             feed_publisher::live::run(&settings, &producer, &metrics, clock, &shutdown).await
         }
         Command::Backfill { exchange, symbols, feed, start, end, resume, state_dir, url, requests_per_minute, retries } => {

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub duplicates: IntCounterVec,
     pub gaps: IntCounterVec,
+    pub gap_trades_repaired: IntCounterVec,
+    pub gap_trades_unrepaired: IntCounterVec,
+    pub gap_ranges_unrepaired: IntCounterVec,
+    pub gap_repair_seconds: Histogram,
     pub reconnects: IntCounterVec,
 }
 
@@ -65,6 +69,22 @@ impl Metrics {
                 "Trade ids missing from an exchange's sequence, by exchange.",
                 &["exchange"],
             ),
+            gap_trades_repaired: counter_vec(
+                "wick_feed_gap_trades_repaired_total",
+                "Missing trades fetched from the exchange's REST history and published, by exchange.",
+                &["exchange"],
+            ),
+            gap_trades_unrepaired: counter_vec(
+                "wick_feed_gap_trades_unrepaired_total",
+                "Missing trade ids that could not be repaired (dead-lettered as unrepaired_gap), by exchange.",
+                &["exchange"],
+            ),
+            gap_ranges_unrepaired: counter_vec(
+                "wick_feed_gap_ranges_unrepaired_total",
+                "unrepaired_gap dead letters: ranges of missing trades (or, on feeds without an id sequence, spans across a reconnect) that could not be repaired, by exchange.",
+                &["exchange"],
+            ),
+            gap_repair_seconds: histogram("wick_feed_gap_repair_seconds", "Duration of one gap's fetch from the REST history, retries included.", 0.01, 2.0, 14),
             reconnects: counter_vec(
                 "wick_feed_reconnects_total",
                 "WebSocket reconnects (and failed connects), by exchange.",
@@ -95,6 +115,10 @@ impl Metrics {
             Box::new(self.rejected.clone()),
             Box::new(self.duplicates.clone()),
             Box::new(self.gaps.clone()),
+            Box::new(self.gap_trades_repaired.clone()),
+            Box::new(self.gap_trades_unrepaired.clone()),
+            Box::new(self.gap_ranges_unrepaired.clone()),
+            Box::new(self.gap_repair_seconds.clone()),
             Box::new(self.reconnects.clone()),
         ]
     }
