@@ -53,6 +53,8 @@ fn start(name: &'static str, l1: bool, redis: bool, schema: &str, topic: &str, p
         .env("WICK__REDIS__KEY_PREFIX", prefix)
         .env("WICK__L1__ENABLED", l1.to_string())
         .env("WICK__REDIS__ENABLED", redis.to_string())
+        // Every load generator's connection comes from 127.0.0.1.
+        .env("WICK__LIMITS__PER_ADDRESS_RATE", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
