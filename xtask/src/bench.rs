@@ -24,6 +24,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -117,8 +118,8 @@ pub fn run_bench(args: &[String]) -> Result<()> {
             let mut samples = Vec::new();
             for repeat in 1..=s.repeats {
                 eprintln!("bench: {}, repeat {repeat} of {}", s.name, s.repeats);
-                let load_average = results::load_average();
-                samples.push(Sample { load_average, results: (s.measure)()? });
+                let (load_average, busy_cores) = (results::load_average(), results::busy_cores(Duration::from_secs(2)));
+                samples.push(Sample { load_average, busy_cores, results: (s.measure)()? });
             }
             results::save(&Record { section: s.name.to_owned(), run: run.clone(), started, samples, carried_over: None })?;
         }

@@ -43,6 +43,9 @@ pub struct Run {
 pub struct Sample {
     /// `/proc/loadavg` when this repeat started.
     pub load_average: Option<[f64; 3]>,
+    /// Cores kept busy by everything on the machine over the 2 s before this repeat started.
+    #[serde(default)]
+    pub busy_cores: Option<f64>,
     pub results: Value,
 }
 
@@ -315,15 +318,24 @@ impl Doc {
             )?;
             return Ok(());
         }
-        let loads: Vec<String> =
-            record.samples.iter().map(|s| s.load_average.map_or_else(|| "unknown".into(), |l| format!("{:.2}", l[0]))).collect();
+        let loads: Vec<String> = record
+            .samples
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} / {}",
+                    s.load_average.map_or_else(|| "unknown".into(), |l| format!("{:.2}", l[0])),
+                    s.busy_cores.map_or_else(|| "unknown".into(), |b| format!("{b:.2}"))
+                )
+            })
+            .collect();
         let repeats = match record.samples.len() {
             1 => "measured once in that run".to_owned(),
             n => format!("measured {n} times in that run; tables show the median of the repeats, the goals their spread"),
         };
         writeln!(
             self.body,
-            "Run: {} (section started {}; {repeats}; 1-minute load average at the start of each repeat: {}).\n",
+            "Run: {} (section started {}; {repeats}; 1-minute load average / cores busy over the 2 s before each repeat: {}).\n",
             record.run.id,
             record.started,
             loads.join(", ")
@@ -470,7 +482,7 @@ pub mod fixtures {
             section: section.into(),
             run: run("2026-12-03T16:55:02Z@abc1234"),
             started: "2026-12-03T16:56:00Z".into(),
-            samples: samples.into_iter().map(|results| Sample { load_average: Some([1.5, 1.0, 1.0]), results }).collect(),
+            samples: samples.into_iter().map(|results| Sample { load_average: Some([1.5, 1.0, 1.0]), busy_cores: Some(0.25), results }).collect(),
             carried_over: None,
         }
     }
