@@ -147,10 +147,12 @@ pub struct RepairSettings {
     pub timeout: Duration,
 }
 
-/// A page of trades takes a few hundred milliseconds from any of the three exchanges; two
-/// seconds cover the one or two pages of a reconnect's gap and a quick retry. Longer would hold
-/// back every live trade behind it for little gain: the aggregator's allowed lateness is a
-/// second, so a longer wait no longer keeps the smallest candles open anyway.
+/// Room for the one or two pages of a reconnect's gap and a quick retry, if a page comes back
+/// within a few hundred milliseconds (not measured here: this machine cannot reach the exchanges;
+/// `wick_feed_gap_repair_seconds` shows it in production). Longer would hold back every live trade
+/// behind it for little gain: the aggregator's allowed lateness is a second, and a live
+/// instrument's watermark moves on while it is idle, so a longer wait no longer keeps its smallest
+/// candles open anyway.
 pub const DEFAULT_REPAIR_WAIT: Duration = Duration::from_secs(2);
 
 /// Long enough for the history's retries of a rate-limited or briefly failing API.

@@ -640,3 +640,54 @@ async fn what_the_history_cannot_give_is_dead_lettered_as_unrepaired_gap() {
     assert_eq!(hole["after"], serde_json::json!({"id": 7, "time": time(7)}));
     assert_eq!(hole["before"], serde_json::json!({"id": 9, "time": time(9)}));
 }
+
+#[tokio::test]
+async fn feeds_without_an_id_sequence_report_what_a_reconnect_may_have_lost() {
+    // Kraken v1: no ids, no history. The span between the last trade before the reconnect and the
+    // first after it is reported.
+    let v1 = |price: &str, time: &str| format!(r#"[0,[["{price}","0.15850568","{time}","s","l",""]],"trade","XBT/USD"]"#);
+    let (url, _) = fixture_server(vec![
+        vec![Step::Send(v1("5541.2", "1534614057.321597")), Step::Disconnect],
+        vec![Step::Send(v1("5542.0", "1534614090.000001")), Step::Send(v1("5543.0", "1534614091.000001"))],
+    ])
+    .await;
+    let repair = repair_from("http://127.0.0.1:9", Duration::from_secs(1));
+    let session = start_repairing_session(Feed::KrakenV1, "XBT/USD", url, Duration::from_secs(30), Some(repair.clone())).await;
+    let metrics = session.metrics.clone();
+    wait_published(&metrics, "KRAKEN:BTC-USD", 3).await;
+    let dead_letter_topic = session.dead_letters.clone();
+    session.stop().await;
+    let letters = dead_letters(&dead_letter_topic).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (reason, gap) = &letters[0];
+    assert_eq!(reason, "unrepaired_gap");
+    assert_eq!((&gap["symbol"], &gap["from_id"], &gap["missing"]), (&"XBT/USD".into(), &serde_json::Value::Null, &serde_json::Value::Null));
+    assert_eq!(
+        (&gap["after"]["time"], &gap["before"]["time"]),
+        (&"2018-08-18T17:40:57.321597Z".into(), &"2018-08-18T17:41:30.000001Z".into())
+    );
+    assert_eq!((by_exchange(&metrics.gap_ranges_unrepaired, "kraken"), by_exchange(&metrics.gap_trades_unrepaired, "kraken")), (1, 0));
+
+    // Coinbase Advanced Trade: the snapshot after the reconnect overlaps the trades seen, so
+    // nothing was lost and nothing is reported.
+    let advanced = |ids: &[u64]| {
+        let trades: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r#"{{"trade_id":"{id}","product_id":"ETH-USD","price":"1260.01","size":"0.3","side":"BUY","time":"2019-08-14T20:42:27.265Z"}}"#))
+            .collect();
+        format!(
+            r#"{{"channel":"market_trades","client_id":"","timestamp":"2023-02-09T20:19:35.39625135Z","sequence_num":1,"events":[{{"type":"snapshot","trades":[{}]}}]}}"#,
+            trades.join(",")
+        )
+    };
+    let (url, _) =
+        fixture_server(vec![vec![Step::Send(advanced(&[40, 41])), Step::Disconnect], vec![Step::Send(advanced(&[41, 42]))]]).await;
+    let session = start_repairing_session(Feed::CoinbaseAdvanced, "ETH-USD", url, Duration::from_secs(30), Some(repair)).await;
+    let metrics = session.metrics.clone();
+    wait_published(&metrics, "COINBASE:ETH-USD", 3).await;
+    let dead_letter_topic = session.dead_letters.clone();
+    session.stop().await;
+    assert!(dead_letters(&dead_letter_topic).await.is_empty());
+    assert_eq!(by_exchange(&metrics.gap_ranges_unrepaired, "coinbase"), 0);
+    assert_eq!(by_exchange(&metrics.duplicates, "coinbase"), 1);
+}
