@@ -15,7 +15,7 @@ pub mod trade;
 pub use candle::{Candle, CandleError, CandleParts, VWAP_SCALE};
 pub use decimal::{Decimal, DecimalError};
 pub use instrument::{Instrument, InstrumentError};
-pub use interval::{Interval, EARLIEST_EVENT_TIME, IntervalError, UtcOffset, UtcOffsetError};
+pub use interval::{Interval, IntervalError, UtcOffset, UtcOffsetError, EARLIEST_EVENT_TIME};
 pub use series::{Applied, CandleSeries, Revision, SeriesError, SeriesSnapshot, SnapshotPart};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TimestampError};
 pub use trade::{TakerSide, Trade, TradeError, TradeKey};
