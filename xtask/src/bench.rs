@@ -70,6 +70,13 @@ pub const SECTIONS: &[Section] = &[
         measure: crate::bench_feed::measure,
         render: crate::bench_feed::render,
     },
+    Section {
+        name: "backfill",
+        heading: "Backfill (feed-publisher, Binance REST history)",
+        repeats: 1,
+        measure: crate::bench_backfill::measure,
+        render: crate::bench_backfill::render,
+    },
     Section { name: "store", heading: "Candle store (PostgreSQL)", repeats: 3, measure: measure_store, render: store_section },
     Section { name: "ingest", heading: "ingest-aggregator, end to end", repeats: 1, measure: measure_ingest, render: ingest_section },
     Section {
