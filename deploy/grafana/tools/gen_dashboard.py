@@ -55,6 +55,8 @@ line(("Trades published /s", [("sum by (exchange) (rate(wick_feed_trades_publish
      ("Feed problems /s", [("sum(rate(wick_feed_dead_letters_total[$__rate_interval]))", "dead letters"),
                            ("sum(rate(wick_feed_produce_errors_total[$__rate_interval]))", "produce errors"),
                            ("sum by (exchange) (rate(wick_feed_sequence_gaps_total[$__rate_interval]))", "gaps {{exchange}}"),
+                           ("sum by (exchange) (rate(wick_feed_gap_trades_repaired_total[$__rate_interval]))", "gap trades repaired {{exchange}}"),
+                           ("sum by (exchange) (rate(wick_feed_gap_trades_unrepaired_total[$__rate_interval]))", "gap trades unrepaired {{exchange}}"),
                            ("sum by (exchange) (rate(wick_feed_reconnects_total[$__rate_interval]))", "reconnects {{exchange}}")], "ops"))
 
 row("Ingest (ingest-aggregator)")
