@@ -64,6 +64,13 @@ pub const SECTIONS: &[Section] = &[
         render: broker_section,
     },
     Section {
+        name: "broker-engines",
+        heading: "Broker storage engine: SQLite or PostgreSQL (tansu 0.6.0)",
+        repeats: 1,
+        measure: crate::bench_engines::measure,
+        render: crate::bench_engines::render,
+    },
+    Section {
         name: "feed",
         heading: "Replay (feed-publisher)",
         repeats: 1,
@@ -160,7 +167,7 @@ pub fn document(records: &[Record]) -> Result<String> {
 
 /// The criterion medians (ns per iteration) of every benchmark of `group`, by id
 /// (`ring/wick_ring/c1_b1`).
-fn criterion_medians(group: &str) -> Result<Value> {
+pub fn criterion_medians(group: &str) -> Result<Value> {
     let base = crate::util::target_dir().join("criterion");
     let mut out = serde_json::Map::new();
     let mut stack = vec![base.join(group)];

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_backfill;
+mod bench_engines;
 mod bench_feed;
 mod bench_gateway;
 mod bench_results;
@@ -27,7 +28,7 @@ Commands:
   ci      fmt check, clippy (warnings denied), every test with cargo-nextest, the loom model tests
   stack   up|down|status: the local broker, PostgreSQL, Redis and Redis cluster on loopback
   migrate apply the candle schema (migrations/) to WICK_DATABASE_URL or the stack's database wick
-  bench   [--report | aggregate ring broker feed backfill store ingest gateway system naive]: run the benchmarks (each section's
+  bench   [--report | aggregate ring broker broker-engines feed backfill store ingest gateway system naive]: run the benchmarks (each section's
           results stored in docs/bench/ with its run), write docs/BENCHMARKS.md from the stored results
   faults  [ROUNDS [TRADES]]: the fault-injection drills, larger than in CI, with their summary table
   deploy-check  validate deploy/ offline: Helm charts, Kubernetes schemas, alert rules, dashboard, compose, metric names
