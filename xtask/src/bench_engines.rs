@@ -157,7 +157,9 @@ fn postgres_url(config: &str, database: &str) -> String {
     let field = |key: &str, default: &str| {
         config.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap_or(default).to_owned()
     };
-    format!("postgres://{}@{}:{}/{database}", field("user", "postgres"), field("host", "127.0.0.1"), field("port", "5432"))
+    // Loopback needs no TLS (the stack's server presents a certificate for `localhost`, which
+    // tansu's rustls refuses for 127.0.0.1).
+    format!("postgres://{}@{}:{}/{database}?sslmode=disable", field("user", "postgres"), field("host", "127.0.0.1"), field("port", "5432"))
 }
 
 /// Drops and creates [`DATABASE`] (with [`SCHEMA`] when `schema`), or only drops it.
