@@ -482,7 +482,10 @@ pub mod fixtures {
             section: section.into(),
             run: run("2026-12-03T16:55:02Z@abc1234"),
             started: "2026-12-03T16:56:00Z".into(),
-            samples: samples.into_iter().map(|results| Sample { load_average: Some([1.5, 1.0, 1.0]), busy_cores: Some(0.25), results }).collect(),
+            samples: samples
+                .into_iter()
+                .map(|results| Sample { load_average: Some([1.5, 1.0, 1.0]), busy_cores: Some(0.25), results })
+                .collect(),
             carried_over: None,
         }
     }
