@@ -187,12 +187,31 @@ async fn committed(db: &tokio_postgres::Client, topic: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-async fn wait_committed(db: &tokio_postgres::Client, topic: &str, total: usize, timeout: Duration) {
-    wick_test_support::wait_until(&format!("the writer committed {total} records of {topic}"), timeout, || async {
-        committed(db, topic).await == total as i64
-    })
-    .await
-    .unwrap();
+/// Waits until the committed offsets of `topic` reach `target`, and returns them. `stall` is how long
+/// the writer may go without committing anything more: a slow machine makes the wait longer, a
+/// writer that stopped making progress fails it.
+async fn wait_offsets(db: &tokio_postgres::Client, topic: &str, target: i64, stall: Duration) -> i64 {
+    let mut best = i64::MIN;
+    let mut moved = std::time::Instant::now();
+    loop {
+        let now = committed(db, topic).await;
+        if now >= target {
+            return now;
+        }
+        if now > best {
+            best = now;
+            moved = std::time::Instant::now();
+        } else if moved.elapsed() > stall {
+            panic!("the writer committed nothing more for {stall:?}: offsets of {topic} stuck at {now}, waiting for {target}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the writer committed exactly `total` records of `topic` (see [`wait_offsets`] for `stall`).
+async fn wait_committed(db: &tokio_postgres::Client, topic: &str, total: usize, stall: Duration) {
+    let reached = wait_offsets(db, topic, total as i64, stall).await;
+    assert_eq!(reached, total as i64, "the writer committed more offsets than {topic} holds");
 }
 
 /// Every stored candle as text, exactly as the server prints it.
@@ -405,11 +424,7 @@ async fn kill_9_at_random_moments_neither_loses_nor_doubles_a_candle() {
         seed ^= seed << 17;
         let mut child = spawn_binary(&config, "127.0.0.1:0");
         let target = (total * k / 12) as i64;
-        wick_test_support::wait_until(&format!("offsets pass {target} of {total}"), Duration::from_secs(90), || async {
-            committed(&env.db, &env.topic).await >= target
-        })
-        .await
-        .unwrap();
+        wait_offsets(&env.db, &env.topic, target, Duration::from_secs(90)).await;
         tokio::time::sleep(Duration::from_millis(seed % 300)).await;
         child.kill(); // SIGKILL
         progress.push(committed(&env.db, &env.topic).await);
