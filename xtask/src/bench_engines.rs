@@ -118,7 +118,7 @@ impl Broker {
             .with_context(|| format!("starting {}", engine.binary().display()))?;
         let mut broker = Broker { child, dir, address };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !serves(&broker.address) {
+        while !crate::stack::broker_serves(&broker.address) {
             if broker.child.try_wait()?.is_some() || Instant::now() > deadline {
                 bail!("the {} broker did not start: see {}", engine.key(), broker.dir.join("broker.log").display());
             }
@@ -133,18 +133,6 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The broker answers a metadata request (not only TCP).
-fn serves(address: &str) -> bool {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
-    runtime.block_on(async {
-        let listed = async {
-            let client = wick_kafka::connect(&[address.to_owned()], Duration::from_secs(5)).await.ok()?;
-            client.list_topics().await.ok()
-        };
-        tokio::time::timeout(Duration::from_secs(10), listed).await.ok().flatten().is_some()
-    })
 }
 
 /// The stack's PostgreSQL, as libpq key-values: `WICK_BENCH_POSTGRES`, else the stack's.
@@ -304,7 +292,7 @@ pub fn measure() -> Result<Value> {
         }
         for ((engine, broker), suites) in engines.iter().zip(&brokers).zip(suites) {
             out[engine.key()]["suites"] = Value::Array(suites);
-            out[engine.key()]["broker_alive"] = json!(serves(&broker.address));
+            out[engine.key()]["broker_alive"] = json!(crate::stack::broker_serves(&broker.address));
         }
         anyhow::Ok(out)
     })();

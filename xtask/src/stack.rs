@@ -69,7 +69,7 @@ pub fn broker_answers() -> bool {
 /// The broker answers a Kafka metadata request (listing topics), not only TCP: tansu 0.6.0's
 /// SQLite engine can fail (a panic in its storage task, seen under load) while its listener
 /// still accepts connections, and every request then fails.
-fn broker_serves(address: &str) -> bool {
+pub fn broker_serves(address: &str) -> bool {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
     runtime.block_on(async {
         let listed = async {
