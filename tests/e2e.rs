@@ -442,55 +442,34 @@ async fn websocket_server(script: Vec<Vec<Step>>) -> String {
 /// Binance's `GET /api/v3/historicalTrades` (`symbol`, `fromId`, `limit`) over `trades`; the
 /// answer for `hold`'s symbol and id waits for its signal. One request per connection.
 async fn binance_rest_server(trades: Arc<Vec<Trade>>, hold: (String, u64, Arc<tokio::sync::Notify>)) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let (trades, hold) = (trades.clone(), hold.clone());
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let target = String::from_utf8_lossy(&request).split(' ').nth(1).unwrap_or("/").to_owned();
-                let query: BTreeMap<&str, &str> =
-                    target.split_once('?').map_or("", |(_, q)| q).split('&').filter_map(|kv| kv.split_once('=')).collect();
-                let (symbol, from, limit) = (query["symbol"], query["fromId"].parse::<u64>().unwrap(), query["limit"].parse().unwrap());
-                if (symbol, from) == (hold.0.as_str(), hold.1) {
-                    hold.2.notified().await;
-                }
-                let page: Vec<String> = trades
-                    .iter()
-                    .filter(|t| symbol_of(t) == symbol && t.trade_id() >= from)
-                    .take(limit)
-                    .map(|t| {
-                        format!(
-                            r#"{{"id":{},"price":"{}","qty":"{}","quoteQty":"0","time":{},"isBuyerMaker":{},"isBestMatch":true}}"#,
-                            t.trade_id(),
-                            t.price(),
-                            t.quantity(),
-                            t.event_time().as_millis(),
-                            t.side() == TakerSide::Sell
-                        )
-                    })
-                    .collect();
-                let body = format!("[{}]", page.join(","));
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+    wick_test_support::http_server(move |target: String| {
+        let (trades, hold) = (trades.clone(), hold.clone());
+        async move {
+            let query: BTreeMap<&str, &str> =
+                target.split_once('?').map_or("", |(_, q)| q).split('&').filter_map(|kv| kv.split_once('=')).collect();
+            let (symbol, from, limit) = (query["symbol"], query["fromId"].parse::<u64>().unwrap(), query["limit"].parse().unwrap());
+            if (symbol, from) == (hold.0.as_str(), hold.1) {
+                hold.2.notified().await;
+            }
+            let page: Vec<String> = trades
+                .iter()
+                .filter(|t| symbol_of(t) == symbol && t.trade_id() >= from)
+                .take(limit)
+                .map(|t| {
+                    format!(
+                        r#"{{"id":{},"price":"{}","qty":"{}","quoteQty":"0","time":{},"isBuyerMaker":{},"isBestMatch":true}}"#,
+                        t.trade_id(),
+                        t.price(),
+                        t.quantity(),
+                        t.event_time().as_millis(),
+                        t.side() == TakerSide::Sell
+                    )
+                })
+                .collect();
+            wick_test_support::HttpAnswer::json(200, format!("[{}]", page.join(",")))
         }
-    });
-    url
+    })
+    .await
 }
 
 /// `BTCUSDT` for `BINANCE:BTC-USDT`.

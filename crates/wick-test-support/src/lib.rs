@@ -111,6 +111,64 @@ pub async fn read_to_end(client: &PartitionClient, mut offset: i64, timeout: Dur
     }
 }
 
+/// An answer of [`http_server`]: status, extra headers, JSON body.
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(status: u16, body: impl Into<String>) -> HttpAnswer {
+        HttpAnswer { status, headers: Vec::new(), body: body.into() }
+    }
+}
+
+/// A local HTTP/1.1 server standing in for an exchange's REST API: one request per connection
+/// (`Connection: close`), each answered by `answer(target)` (the request target, path and query),
+/// which may take its time. Returns the base URL.
+pub async fn http_server<F, Fut>(answer: F) -> String
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HttpAnswer> + Send,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let target = String::from_utf8_lossy(&request).split(' ').nth(1).unwrap_or("/").to_owned();
+                let HttpAnswer { status, headers, body } = answer(target).await;
+                let mut response = format!(
+                    "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (name, value) in headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&body);
+                let _ = tcp.write_all(response.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<()>
 where

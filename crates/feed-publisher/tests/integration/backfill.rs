@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wick_core::{Clock, SystemClock, TakerSide, Timestamp};
 
 use feed_publisher::backfill::{self, BackfillSettings};
@@ -207,44 +206,17 @@ fn answer(state: &mut ServerState, target: &str) -> (Kind, Answer) {
 
 /// Serves HTTP/1.1, one request per connection.
 async fn history_server(state: Shared) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&request);
-                let target = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                let (status, headers, body) = {
-                    let mut state = state.lock().unwrap();
-                    let (kind, answer) = answer(&mut state, &target);
-                    state.requests.push((target, kind, answer.0));
-                    answer
-                };
-                let mut response = format!(
-                    "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    body.len()
-                );
-                for (name, value) in headers {
-                    response.push_str(&format!("{name}: {value}\r\n"));
-                }
-                response.push_str("\r\n");
-                response.push_str(&body);
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+    wick_test_support::http_server(move |target: String| {
+        let state = state.clone();
+        async move {
+            let mut state = state.lock().unwrap();
+            let (kind, answer) = answer(&mut state, &target);
+            state.requests.push((target, kind, answer.0));
+            let (status, headers, body) = answer;
+            wick_test_support::HttpAnswer { status, headers, body }
         }
-    });
-    url
+    })
+    .await
 }
 
 /// `count` trades from `first_us`, `step_us` apart, with varied prices (last digit never 0, as a

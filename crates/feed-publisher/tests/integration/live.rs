@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Notify};
 use tokio_tungstenite::tungstenite::Message;
 use wick_core::{Clock, SystemClock, TakerSide, Timestamp, Trade};
@@ -291,36 +290,18 @@ where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Answer> + Send,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let answer = Arc::new(answer);
     let log = asked.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let (answer, log) = (answer.clone(), log.clone());
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let target = String::from_utf8_lossy(&request).split(' ').nth(1).unwrap_or("/").to_owned();
-                log.lock().unwrap().push(target.clone());
-                let (status, body) = answer(target).await;
-                let response = format!(
-                    "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+    let answer = Arc::new(answer);
+    let url = wick_test_support::http_server(move |target: String| {
+        log.lock().unwrap().push(target.clone());
+        let answer = answer.clone();
+        async move {
+            let (status, body) = answer(target).await;
+            wick_test_support::HttpAnswer::json(status, body)
         }
-    });
+    })
+    .await;
     (url, asked)
 }
 
